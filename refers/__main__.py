@@ -1,0 +1,5 @@
+import sys
+
+from refers.cli.main import main
+
+sys.exit(main())

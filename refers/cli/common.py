@@ -1,0 +1,46 @@
+"""Shared helpers of the command-line entry points: clear errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, Sequence
+
+from refers.data.lists import ListFormatError
+
+
+class CommandError(Exception):
+    """An expected failure (bad input, missing file): printed as one line, no traceback.
+
+    Attributes:
+        exit_code: 1 for bad data or state, 2 for bad usage (as argparse).
+    """
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# Errors that mean "the input is wrong", not "the program is wrong".
+EXPECTED_ERRORS = (CommandError, ListFormatError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def command(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:
+    """Decorate a ``main(argv)`` so that expected errors print ``prog: error: ...`` and return a code."""
+
+    def wrap(func: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+        @functools.wraps(func)
+        def main(argv: Sequence[str] | None = None) -> int:
+            try:
+                return int(func(argv) or 0)
+            except EXPECTED_ERRORS as error:
+                code = getattr(error, "exit_code", 1)
+                print(f"{prog}: error: {error}", file=sys.stderr)
+                return code
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+
+        return main
+
+    return wrap

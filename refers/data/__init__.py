@@ -1,0 +1,1 @@
+"""Datasets: registry of the five datasets, list files, images, synthetic data, preparation."""

@@ -1,0 +1,165 @@
+"""The one reader and writer of image list files (``train.txt``, ``val.txt``, ``test.txt``, ...).
+
+A list line is an image path relative to the dataset's image root followed by label columns,
+separated by whitespace: ``images_006/00011997_000.png 0 0 1 ...`` (NIH), ``CHNCXR_0001_0.png 1 0``
+(Shenzhen), ``hash.png 1.0 0.0 ...`` (VinBigData). The original published files are read unchanged:
+CRLF line ends, ``0``/``1`` or ``0.0``/``1.0`` labels, ``valid.txt`` for ``val.txt``, and MIMIC's
+label-less folder lists. A malformed line is rejected with its file and line number.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from refers.data.registry import SPLIT_ALIASES
+
+
+class ListFormatError(ValueError):
+    """A list file line that cannot be read; the message names the file and line number."""
+
+    def __init__(self, path: str | os.PathLike, line_number: int, reason: str):
+        self.path = str(path)
+        self.line_number = line_number
+        super().__init__(f"{path}:{line_number}: {reason}")
+
+
+@dataclass
+class ImageList:
+    """A parsed list file.
+
+    Attributes:
+        paths: image paths as written in the file (relative to the image root).
+        labels: float32 array [N, C] (C = 0 for label-less lists).
+        line_numbers: int32 array [N], 1-based line of each entry in ``source``.
+        source: the file read.
+    """
+
+    paths: list[str]
+    labels: np.ndarray
+    line_numbers: np.ndarray
+    source: Path
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.labels.shape[1])
+
+    def subset(self, indices: Sequence[int]) -> "ImageList":
+        idx = np.asarray(indices, dtype=np.int64)
+        return ImageList([self.paths[i] for i in idx], self.labels[idx], self.line_numbers[idx], self.source)
+
+
+def _parse_label(token: str, path: Path, line_number: int) -> float:
+    try:
+        value = float(token)
+    except ValueError:
+        raise ListFormatError(path, line_number, f"label {token!r} is not a number") from None
+    if not np.isfinite(value):
+        raise ListFormatError(path, line_number, f"label {token!r} is not finite")
+    return value
+
+
+def read_list(path: str | os.PathLike, num_labels: int | None = None) -> ImageList:
+    """Read a list file.
+
+    Args:
+        path: the list file.
+        num_labels: the expected number of label columns. With it, the labels are the last
+            ``num_labels`` tokens and everything before them is the path (so paths may contain
+            spaces); a line with another count is an error. Without it, the first token is the
+            path and every line must have as many labels as the first one.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ListFormatError: for a malformed line (file and line number in the message).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"list file not found: {path}")
+    paths: list[str] = []
+    rows: list[list[float]] = []
+    line_numbers: list[int] = []
+    expected = num_labels
+    with open(path, encoding="utf-8", newline=None) as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            tokens = line.split()
+            if expected is None:
+                expected = len(tokens) - 1
+            if num_labels is not None:
+                if len(tokens) < num_labels + 1:
+                    raise ListFormatError(path, line_number, f"expected an image path and {num_labels} labels, found {len(tokens)} fields")
+                image = " ".join(tokens[: len(tokens) - num_labels])
+                label_tokens = tokens[len(tokens) - num_labels:]
+            else:
+                if len(tokens) - 1 != expected:
+                    raise ListFormatError(path, line_number, f"expected {expected} labels like the first line, found {len(tokens) - 1}")
+                image, label_tokens = tokens[0], tokens[1:]
+            paths.append(image)
+            rows.append([_parse_label(t, path, line_number) for t in label_tokens])
+            line_numbers.append(line_number)
+    width = expected or 0
+    labels = np.asarray(rows, dtype=np.float32).reshape(len(rows), width)
+    return ImageList(paths, labels, np.asarray(line_numbers, dtype=np.int32), path)
+
+
+def find_split_file(list_dir: str | os.PathLike, split: str) -> Path:
+    """The list file of ``split`` in ``list_dir``, accepting the original's spellings (``valid.txt``).
+
+    ``split`` may also be a file name such as ``train_10_seed1.txt``.
+    """
+    list_dir = Path(list_dir)
+    names = SPLIT_ALIASES.get(split, (split if split.endswith(".txt") else f"{split}.txt",))
+    for name in names:
+        candidate = list_dir / name
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no {' or '.join(names)} in {list_dir}")
+
+
+def format_label(value: float, style: str) -> str:
+    """``style`` 'int' writes 0/1 (NIH, Shenzhen, COVID); 'float' writes 0.0/1.0 (VinBigData)."""
+    if style == "int":
+        return str(int(round(value)))
+    if style == "float":
+        return f"{float(value):.1f}"
+    raise ValueError(f"unknown label style {style!r}")
+
+
+def write_list(path: str | os.PathLike, paths: Iterable[str], labels: np.ndarray | None, style: str = "int") -> Path:
+    """Write a list file atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    paths = list(paths)
+    if labels is None:
+        labels = np.zeros((len(paths), 0), dtype=np.float32)
+    if len(paths) != len(labels):
+        raise ValueError(f"{len(paths)} paths but {len(labels)} label rows")
+    lines = [" ".join([p, *(format_label(v, style) for v in row)]) for p, row in zip(paths, labels)]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

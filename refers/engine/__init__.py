@@ -1,0 +1,1 @@
+"""Training machinery shared by pre-training and fine-tuning: distributed set-up, checkpoint I/O."""
