@@ -1,0 +1,138 @@
+"""PNG figures of a report: ROC curves per class (one line per method) and bar charts of the mean AUC.
+
+matplotlib runs with the Agg backend (no display needed); each PNG is written to a temporary file
+and renamed, so an interrupted run leaves no half-written figure. Figures made from synthetic data
+carry "SYNTHETIC" in their title and across the plot.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from refers.eval.report import MethodSummary, Report
+from refers.eval.tree import dataset_key, group_key, group_label, method_key
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a dataset or folder name."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_") or "x"
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)  # layout already tightened: no second draw for bbox_inches="tight"
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _stamp(fig, synthetic: bool, title: str) -> None:
+    fig.suptitle(f"SYNTHETIC DATA - {title}" if synthetic else title, fontsize=11)
+    if synthetic:
+        fig.text(0.5, 0.5, "SYNTHETIC", fontsize=60, color="red", alpha=0.15, ha="center", va="center", rotation=30)
+
+
+def roc_figure(summaries: list[MethodSummary], path: Path) -> Path:
+    """ROC curves of one task folder: one panel per class, one line per method (its first seed).
+
+    Args:
+        summaries: the methods of one (dataset, group), in display order.
+    """
+    plt = _pyplot()
+    classes = list(dict.fromkeys(c for s in summaries for c in s.results[0].run.class_names))
+    cols = min(4, len(classes))
+    rows = math.ceil(len(classes) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 4 * cols), 4 * rows), squeeze=False)  # room for the title
+    for ax, class_name in zip(axes.flat, classes):
+        for s in summaries:
+            result = s.results[0]
+            if class_name not in result.run.classes:
+                continue
+            labels, probs = result.run.classes[class_name]
+            auc = result.aucs[result.run.class_names.index(class_name)]
+            if auc is None:
+                continue
+            fpr, tpr, _ = roc_curve(labels, probs)
+            seed = "" if result.run.seed is None else f", seed {result.run.seed}"
+            ax.plot(fpr, tpr, lw=1.2, label=f"{s.method} (AUC {100 * auc:.1f}{seed})")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        ax.set(title=class_name, xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(classes):]:
+        ax.axis("off")
+    first = summaries[0]
+    _stamp(fig, any(s.synthetic for s in summaries), f"{first.dataset}, {group_label(first.group)}: ROC curves")
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def bar_figure(summaries: list[MethodSummary], path: Path) -> Path:
+    """Mean AUC per fraction/task folder (x) and method (bars) of one dataset.
+
+    Error bars: sd over seeds where there are several, else the bootstrap 95% interval.
+    """
+    plt = _pyplot()
+    groups = sorted({s.group for s in summaries}, key=group_key)
+    methods = sorted({s.method for s in summaries}, key=method_key)
+    cell = {(s.group, s.method): s for s in summaries}
+    width, bottom = 0.8 / len(methods), 100.0
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) * len(methods) / 3), 4))
+    for i, method in enumerate(methods):
+        heights, errors = [], [[], []]
+        for group in groups:
+            s = cell.get((group, method))
+            mean, sd = s.mean_sd() if s else (np.nan, None)
+            heights.append(100 * mean)
+            low, high = (mean - sd, mean + sd) if sd is not None else s.ci if s else (np.nan, np.nan)
+            errors[0].append(100 * (mean - low) if np.isfinite(low) else 0.0)
+            errors[1].append(100 * (high - mean) if np.isfinite(high) else 0.0)
+        bottom = np.nanmin([bottom, *(h - e for h, e in zip(heights, errors[0]))])
+        x = np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(x, heights, width, yerr=errors, capsize=2, label=method)
+    ax.set_ylim(max(0.0, 5 * np.floor(bottom / 5) - 5), 100)  # zoom on the bars, intervals included
+    ax.set_xticks(np.arange(len(groups)), [group_label(g) for g in groups])
+    ax.set_ylabel("mean AUC (%)")
+    ax.legend(fontsize=8, ncol=min(3, len(methods)))
+    _stamp(fig, any(s.synthetic for s in summaries), f"{summaries[0].dataset}: mean AUC")
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write_figures(report: Report, out: Path, progress=None) -> list[Path]:
+    """``roc_<dataset>_<folder>.png`` per task folder and ``bars_<dataset>.png`` per dataset, under ``out``."""
+    by_group: dict[tuple[str, str], list[MethodSummary]] = defaultdict(list)
+    by_dataset: dict[str, list[MethodSummary]] = defaultdict(list)
+    for s in sorted(report.summaries, key=lambda s: (dataset_key(s.dataset), group_key(s.group), method_key(s.method))):
+        by_group[(s.dataset, s.group)].append(s)
+        by_dataset[s.dataset].append(s)
+    jobs = [(roc_figure, members, out / f"roc_{slug(d)}_{slug(g)}.png") for (d, g), members in by_group.items()]
+    jobs += [(bar_figure, members, out / f"bars_{slug(d)}.png") for d, members in by_dataset.items()]
+    return [draw(members, path) for draw, members, path in (jobs if progress is None else progress(jobs))]
