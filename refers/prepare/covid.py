@@ -1,0 +1,125 @@
+"""``refers prepare covid``: the COVID-19 Image Data Collection -> ``train.txt`` / ``val.txt`` / ``test.txt``.
+
+From ``metadata.csv``: X-ray rows only (``modality`` ``X-ray``; CT rows are left out), all views like
+the original's lists (``--views frontal`` keeps PA/AP variants only). Task "COVID vs others": a line
+is ``filename 0 1`` when ``finding`` names COVID-19 (e.g. ``Pneumonia/Viral/COVID-19``), else
+``filename 1 0``; the target is the second column. The image root is ``images/``. Splits are
+patient-disjoint (``patientid``), stratified by whether a patient has COVID-19 (~0.7 / 0.1 / 0.2 like
+the original's 664 / 93 / 172), or taken from existing lists with ``--split original --lists DIR``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from refers.data.lists import write_list
+from refers.prepare.common import (
+    PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv,
+    stamp_synthetic, synthetic_marker, write_dataset_yaml,
+)
+from refers.prepare.splits import SPLITS, assignment_from_lists, group_split
+
+METADATA = "metadata.csv"
+IMAGES = "images"
+
+
+def is_frontal(view: str) -> bool:
+    """PA, AP, ``AP Supine``, ``AP semi erect``, ... (not ``L``, not CT planes)."""
+    return view.strip().upper().split(" ")[0] in ("PA", "AP")
+
+
+def is_covid(finding: str) -> bool:
+    return "covid-19" in finding.lower()
+
+
+def prepare_covid(
+    root: Path,
+    out: Path,
+    split: str = "patient",
+    lists: Path | None = None,
+    views: str = "all",
+    ratios: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    force: bool = False,
+    skip_bad: bool = False,
+    command: str = "refers prepare covid",
+) -> Summary:
+    """Write the COVID-19 lists (see the module docstring)."""
+    ensure_separate(out, root, "--out")
+    ensure_new(out, [f"{s}.txt" for s in SPLITS], force)
+    summary = Summary(f"covid -> {out}")
+    csv_path = find_source(root, METADATA)
+    image_root = root / IMAGES
+    rows = read_csv(csv_path, ("patientid", "finding", "view", "modality", "filename"))
+
+    names, positive, patients, first_line = [], [], [], {}
+    missing = []
+    for line, row in rows:
+        if row["modality"].strip().lower() != "x-ray":
+            summary.add("non-X-ray rows left out")
+            continue
+        if views == "frontal" and not is_frontal(row["view"]):
+            summary.add("non-frontal rows left out")
+            continue
+        name = row["filename"]
+        if name in first_line:
+            raise PrepareError(f"{csv_path}:{line}: image {name} listed twice (first on line {first_line[name]})")
+        first_line[name] = line
+        if not (image_root / name).is_file():
+            missing.append((line, name))
+            continue
+        names.append(name)
+        positive.append(int(is_covid(row["finding"])))
+        patients.append(row["patientid"])
+    if missing:
+        if not skip_bad:
+            line, name = missing[0]
+            raise PrepareError(f"{len(missing)} image(s) of {csv_path.name} not in {image_root}, first: {name} "
+                               f"({csv_path}:{line}); pass --skip-bad-images to leave them out")
+        summary.note(f"left out {len(missing)} images not on disk (--skip-bad-images)")
+    covid = np.asarray(positive, dtype=np.int64)
+    labels = np.stack([1 - covid, covid], axis=1).astype(np.float32) if names else np.zeros((0, 2), np.float32)
+
+    sources = [csv_path]
+    if split == "patient":
+        # A patient's stratum: whether any of their images is COVID-19.
+        covid_patients = {p for p, c in zip(patients, positive) if c}
+        assignment = group_split(patients, ratios, seed, strata=[p in covid_patients for p in patients])
+    elif split == "original":
+        if lists is None:
+            raise PrepareError("--split original needs --lists DIR (train.txt, val.txt, test.txt)")
+        assignment, list_files = assignment_from_lists(lists, names, 2)
+        sources += list_files
+        if (assignment < 0).any():
+            summary.note(f"{int((assignment < 0).sum())} images are in none of the lists in {lists}")
+    else:
+        raise PrepareError(f"unknown --split {split!r} for covid (original or patient)")
+
+    written, counts = [], {}
+    for k, name in enumerate(SPLITS):
+        chosen = np.flatnonzero(assignment == k)
+        written.append(write_list(out / f"{name}.txt", [names[i] for i in chosen], labels[chosen], style="int"))
+        counts[name] = {"images": int(len(chosen)), "covid": int(covid[chosen].sum()),
+                        "patients": len({patients[i] for i in chosen})}
+        summary.add(name, int(len(chosen)))
+
+    marker = synthetic_marker(root)
+    stamp_synthetic(out, marker)
+    write_dataset_yaml(out, {
+        "dataset": "COVID-19_Image_Data_Collection",
+        "synthetic": marker is not None,
+        "image_root": portable_path(image_root, out),
+        "classes": ["COVID-19"],
+        "columns": ["others", "COVID-19"],
+        "label_columns": 2,
+        "label_style": "int",
+        "views": views,
+        "split": split,
+        "splits": counts,
+        "made_by": made_by(command, sources, seed if split == "patient" else None, marker is not None, split=split,
+                           views=views, ratios=[float(r) for r in ratios] if split == "patient" else None),
+    }, written)
+    return summary

@@ -1,0 +1,172 @@
+"""``refers prepare nih``: ``Data_Entry_2017.csv`` -> ``train.txt`` / ``val.txt`` / ``test.txt``.
+
+Lines in the original format: ``images_XXX/NAME.png`` (the archive folder the image is in; the
+loader also finds it under ``images_XXX/images/``) followed by the 14 labels in the original class
+order (:data:`~refers.data.registry.NIH_CLASSES`) as ``0``/``1``. The image root is the dataset folder.
+
+Splits (never the same patient in two):
+
+* ``original`` (with ``--lists DIR``): validation and test are the original's published ``val.txt`` /
+  ``test.txt``; train is every other image (78,468 on the real data), less any image whose patient
+  is in validation or test. This reproduces the paper's split.
+* ``official``: test = the official ``test_list.txt``; validation carved from ``train_val_list.txt``
+  by patient (share ``val / (train + val)`` of ``--ratios``).
+* ``patient``: seeded patient-disjoint split by ``--ratios`` (default 0.7 / 0.1 / 0.2, like the original's).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from refers.data.lists import write_list
+from refers.data.registry import NIH_CLASSES
+from refers.prepare.common import (
+    PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv,
+    stamp_synthetic, synthetic_marker, write_dataset_yaml,
+)
+from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, overlaps
+
+DATA_ENTRY = "Data_Entry_2017.csv"
+NO_FINDING = "No Finding"
+
+
+def find_images(root: Path) -> dict[str, str]:
+    """Image file name -> list path (``images_XXX/NAME.png``, or ``images/NAME.png`` for one flat folder)."""
+    found: dict[str, str] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("images")):
+        for sub in (folder / "images", folder):
+            if not sub.is_dir():
+                continue
+            with os.scandir(sub) as entries:
+                for entry in entries:
+                    if entry.is_file() and entry.name.lower().endswith(".png"):
+                        found.setdefault(entry.name, f"{folder.name}/{entry.name}")
+    return found
+
+
+def parse_findings(text: str, where: str) -> np.ndarray:
+    """``Cardiomegaly|Effusion`` -> 14 0/1 labels in :data:`NIH_CLASSES` order (``No Finding`` -> zeros)."""
+    labels = np.zeros(len(NIH_CLASSES), dtype=np.float32)
+    for name in (part.strip() for part in text.split("|")):
+        if name in ("", NO_FINDING):
+            continue
+        if name not in NIH_CLASSES:
+            raise PrepareError(f"{where}: unknown finding {name!r} (expected one of {', '.join(NIH_CLASSES)} or {NO_FINDING!r})")
+        labels[NIH_CLASSES.index(name)] = 1
+    return labels
+
+
+def _names_from_text(path: Path) -> list[tuple[int, str]]:
+    """Image names of ``train_val_list.txt`` / ``test_list.txt`` with their line numbers."""
+    with open(path, encoding="utf-8", newline=None) as handle:
+        return [(n, line.strip()) for n, line in enumerate(handle, start=1) if line.strip()]
+
+
+def prepare_nih(
+    root: Path,
+    out: Path,
+    split: str = "patient",
+    lists: Path | None = None,
+    ratios: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    force: bool = False,
+    skip_bad: bool = False,
+    command: str = "refers prepare nih",
+) -> Summary:
+    """Write the NIH ChestX-ray14 lists (see the module docstring)."""
+    ensure_separate(out, root, "--out")
+    ensure_new(out, [f"{s}.txt" for s in SPLITS], force)
+    summary = Summary(f"nih -> {out}")
+    csv_path = find_source(root, DATA_ENTRY)
+    sources = [csv_path]
+    rows = read_csv(csv_path, ("Image Index", "Finding Labels", "Patient ID"))
+    on_disk = find_images(root)
+
+    names, labels, patients = [], [], []
+    line_of: dict[str, int] = {}
+    for line, row in rows:
+        name = row["Image Index"]
+        if name in line_of:
+            raise PrepareError(f"{csv_path}:{line}: image {name} listed twice (first on line {line_of[name]})")
+        line_of[name] = line
+        names.append(name)
+        labels.append(parse_findings(row["Finding Labels"], f"{csv_path}:{line}"))
+        patients.append(row["Patient ID"])
+    index = {name: i for i, name in enumerate(names)}
+
+    def lookup(source: Path, entries: list[tuple[int, str]]) -> list[int]:
+        found = []
+        for line, name in entries:
+            if name not in index:
+                raise PrepareError(f"{source}:{line}: image {name} is not in {csv_path.name}")
+            found.append(index[name])
+        return found
+
+    assignment = np.full(len(names), -1, dtype=np.int64)
+    if split == "patient":
+        assignment[:] = group_split(patients, ratios, seed)
+    elif split == "official":
+        test_path = find_source(root, "test_list.txt")
+        sources.append(test_path)
+        test = lookup(test_path, _names_from_text(test_path))
+        assignment[:] = 0
+        assignment[test] = 2
+        rest = np.flatnonzero(assignment == 0)
+        shares = (ratios[0], ratios[1], 0.0)
+        assignment[rest] = group_split([patients[i] for i in rest], shares, seed)
+    elif split == "original":
+        if lists is None:
+            raise PrepareError("--split original needs --lists DIR (the original's published val.txt and test.txt)")
+        assignment, list_files = assignment_from_lists(lists, names, len(NIH_CLASSES), ("val", "test"))
+        sources += list_files
+        assignment[assignment < 0] = 0  # train = every other image
+    else:
+        raise PrepareError(f"unknown --split {split!r} (original, official or patient)")
+
+    # Never the same patient in two splits: a train image of a val/test patient is left out.
+    held_out = {patients[i] for i in np.flatnonzero(assignment > 0)}
+    leaking = [i for i in np.flatnonzero(assignment == 0) if patients[i] in held_out]
+    if leaking:
+        assignment[leaking] = -1
+        summary.note(f"left {len(leaking)} train images out: their patients are in val/test")
+    by_split = {name: {patients[i] for i in np.flatnonzero(assignment == k)} for k, name in enumerate(SPLITS)}
+    for a, b, shared in overlaps(by_split):
+        raise PrepareError(f"patients in both {a} and {b} (e.g. {sorted(shared)[0]}): the lists in {lists} are not patient-disjoint")
+
+    missing = [names[i] for i in np.flatnonzero(assignment >= 0) if names[i] not in on_disk]
+    if missing:
+        if not skip_bad:
+            raise PrepareError(f"{len(missing)} image(s) of {csv_path.name} not under {root}, first: {missing[0]} "
+                               f"({csv_path}:{line_of[missing[0]]}); pass --skip-bad-images to leave them out")
+        summary.note(f"left out {len(missing)} images not on disk (--skip-bad-images)")
+        for name in missing:
+            assignment[index[name]] = -1
+
+    written = []
+    label_matrix = np.stack(labels) if labels else np.zeros((0, len(NIH_CLASSES)), dtype=np.float32)
+    counts = {}
+    for k, name in enumerate(SPLITS):
+        chosen = np.flatnonzero(assignment == k)
+        written.append(write_list(out / f"{name}.txt", [on_disk[names[i]] for i in chosen], label_matrix[chosen], style="int"))
+        counts[name] = {"images": int(len(chosen)), "patients": len(by_split[name])}
+        summary.add(f"{name}", int(len(chosen)))
+
+    marker = synthetic_marker(root)
+    stamp_synthetic(out, marker)
+    write_dataset_yaml(out, {
+        "dataset": "NIH_ChestX-ray",
+        "synthetic": marker is not None,
+        "image_root": portable_path(root, out),
+        "classes": list(NIH_CLASSES),
+        "label_columns": len(NIH_CLASSES),
+        "label_style": "int",
+        "split": split,
+        "splits": counts,
+        "made_by": made_by(command, sources, seed if split != "original" else None, marker is not None,
+                           split=split, ratios=[float(r) for r in ratios] if split != "original" else None),
+    }, written)
+    return summary
