@@ -1,0 +1,16 @@
+"""Evaluate ./output/caption_100_bestauc_checkpoint.bin (or --pretrained_dir) on VinBigData_Chest_X-ray's test list.
+
+Equivalent to ``refers test --dataset VinBigData_Chest_X-ray ...``; the dataset is fixed here, every other flag passes through.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project, when not pip-installed
+
+from refers.cli.test import main  # noqa: E402
+
+DATASET = "VinBigData_Chest_X-ray"
+
+if __name__ == "__main__":
+    sys.exit(main(["--dataset", DATASET, *sys.argv[1:]]))

@@ -1,0 +1,270 @@
+"""Fine-tuning data: which list files, where their images are, transforms, and the evaluation shards.
+
+Lists come from ``DataProcessed/<Dataset>/`` (``--list_dir``); ``--data_volume`` picks the fraction
+files written by ``refers prepare`` (``train_<pct>_seed<k>.txt``, or ``train_<pct>.txt`` without
+``--data_seed``). Images are looked up under, in order: ``--data_root`` alone if given, else the
+``image_root`` of the list folder's ``dataset.yaml``, ``Data/<Dataset>/prepared``, ``Data/<Dataset>``,
+and each root's ``images/`` (the original README's layout). Under each root a list path is found as
+:func:`refers.prepare.layout.locate_image` does (NIH's download unpacks ``images_001/images/*.png``
+while the lists say ``images_001/*.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from refers.cli.common import CommandError
+from refers.data.images import UnreadableImageError, open_grey, to_rgb
+from refers.data.lists import ImageList, find_split_file, read_list
+from refers.data.registry import get_dataset
+from refers.engine.run_info import is_synthetic
+from refers.paths import data_dir, processed_dir
+from refers.prepare.common import image_root_of, read_dataset_yaml
+from refers.prepare.fractions import fraction_name
+from refers.prepare.layout import locate_image
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DataSetup:
+    """Where a dataset's lists and images are, and how list columns become targets.
+
+    Attributes:
+        dataset: registry name, or "custom".
+        classes: output classes in head order.
+        list_dir: folder of the list files.
+        image_roots: folders searched for images, in order.
+        label_columns: list-file columns per line.
+        target_columns: indices of the columns used as targets (binary datasets: the second one).
+        synthetic: the data carries the ``SYNTHETIC.txt`` marker.
+    """
+
+    dataset: str
+    classes: tuple[str, ...]
+    list_dir: Path
+    image_roots: tuple[Path, ...]
+    label_columns: int
+    target_columns: tuple[int, ...]
+    synthetic: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def resolve_data(args: argparse.Namespace) -> DataSetup:
+    """The data of a run from its flags (``--dataset``, ``--list_dir``, ``--data_root``, ``--classes``).
+
+    Raises:
+        CommandError: unknown dataset, a ``--num_classes`` that does not fit, missing folders.
+    """
+    if args.dataset is None:
+        raise CommandError("--dataset is required (or run Fine-tune/<Dataset>/train.py)", exit_code=2)
+    info: dict = {}
+    if args.dataset == "custom":
+        if not args.list_dir:
+            raise CommandError("--dataset custom needs --list_dir (and --data_root, --classes)", exit_code=2)
+        list_dir = Path(args.list_dir)
+        info = read_dataset_yaml(list_dir) if list_dir.is_dir() else {}
+        names = args.classes.split(",") if args.classes else info.get("classes")
+        if not names:
+            if not args.num_classes:
+                raise CommandError("--dataset custom needs --classes (or --num_classes)", exit_code=2)
+            names = [f"class_{i}" for i in range(args.num_classes)]
+        classes = tuple(str(n).strip() for n in names)
+        default_roots: list[Path] = []
+        columns = None
+    else:
+        spec = get_dataset(args.dataset)
+        list_dir = Path(args.list_dir) if args.list_dir else processed_dir() / spec.processed
+        classes = spec.classes
+        default_roots = [data_dir() / spec.name / "prepared", data_dir() / spec.name]
+        columns = spec.label_columns
+    if args.num_classes is not None and args.num_classes != len(classes):
+        kind = "binary: one output, the positive column of its two one-hot columns" if len(classes) == 1 else "classes"
+        raise CommandError(
+            f"--num_classes {args.num_classes} does not fit {args.dataset}: it has {len(classes)} output(s) ({kind})", exit_code=2
+        )
+    if not list_dir.is_dir():
+        raise CommandError(f"list folder not found: {list_dir} (run refers prepare, or pass --list_dir)")
+    if args.data_root:
+        roots = [Path(args.data_root)]
+    else:
+        recorded = image_root_of(list_dir)
+        roots = ([recorded] if recorded else []) + default_roots
+    if columns is None:
+        columns = 2 if len(classes) == 1 and info.get("label_columns", 2) == 2 else len(classes)
+    targets = (1,) if len(classes) == 1 and columns == 2 else tuple(range(len(classes)))
+    synthetic = is_synthetic(list_dir, *[r for r in roots if r.exists()])
+    return DataSetup(args.dataset, classes, list_dir, tuple(roots), columns, targets, synthetic)
+
+
+def fraction_file(list_dir: Path, split: str, volume: int, seed: int | None) -> Path:
+    """The list of ``split`` at ``volume`` percent: ``train.txt``, ``train_10.txt`` or ``train_10_seed1.txt``."""
+    if volume == 100:
+        return find_split_file(list_dir, split)
+    name = fraction_name(split, volume, seed)
+    path = list_dir / name
+    if not path.is_file():
+        raise CommandError(
+            f"no {name} in {list_dir}: make the {volume}% draw with refers prepare (fractions), "
+            "or pick another --data_volume / --data_seed"
+        )
+    return path
+
+
+def read_targets(setup: DataSetup, path: Path) -> ImageList:
+    """Read a list file and keep the target columns (labels [N, num_classes])."""
+    images = read_list(path, num_labels=setup.label_columns)
+    images.labels = np.ascontiguousarray(images.labels[:, list(setup.target_columns)])
+    return images
+
+
+def locate_images(images: ImageList, roots: Sequence[Path], skip_missing: bool) -> tuple[list[Path], np.ndarray]:
+    """Find every image of a list on disk.
+
+    Returns:
+        (files, kept): the files found and the list positions [K] they belong to (all positions
+        unless ``skip_missing`` dropped some).
+
+    Raises:
+        CommandError: a missing image (file and list line in the message) without ``skip_missing``.
+    """
+    search = [path for root in roots for path in (Path(root), Path(root) / "images")]  # + the README's flat images/
+    files: list[Path] = []
+    kept: list[int] = []
+    missing = 0
+    for i, relative in enumerate(images.paths):
+        try:
+            found = next(filter(None, (locate_image(root, relative) for root in search)), None)
+        except ValueError as error:  # the path escapes its root
+            raise CommandError(f"{images.source}:{images.line_numbers[i]}: {error}") from None
+        if found is None:
+            if not skip_missing:
+                where = ", ".join(str(r) for r in roots)
+                raise CommandError(
+                    f"image {relative} not found ({images.source}:{images.line_numbers[i]}); looked under {where} "
+                    "(--data_root sets the image folder; --skip_bad_images skips missing images)"
+                )
+            missing += 1
+            continue
+        files.append(found)
+        kept.append(i)
+    if missing:
+        logger.warning("skipped %d missing image(s) of %s (--skip_bad_images)", missing, images.source)
+    return files, np.asarray(kept, dtype=np.int64)
+
+
+def train_transform(img_size: int):
+    """RandomResizedCrop + horizontal flip + ImageNet normalisation (the original's)."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop((img_size, img_size)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_transform(img_size: int):
+    """Resize (shorter side) + centre crop + ImageNet normalisation (the original's)."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(img_size),
+        transforms.CenterCrop((img_size, img_size)),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+class ListDataset(Dataset):
+    """Images of a list file with their targets: item ``i`` is (image [3, S, S], labels [C], i).
+
+    With ``skip_bad`` an unreadable image is logged and replaced: by the next readable image in
+    training (``replace=True``, so batches keep their size and DDP stays in step), by ``None`` in
+    evaluation (the collate function drops it, so it gets no prediction line).
+    """
+
+    def __init__(self, files: Sequence[Path], labels: np.ndarray, transform, img_size: int,
+                 where: Sequence[str] | None = None, skip_bad: bool = False, replace: bool = False):
+        self.files = list(files)
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.float32))
+        self.transform = transform
+        self.img_size = img_size
+        self.where = list(where) if where is not None else [str(f) for f in self.files]
+        self.skip_bad = skip_bad
+        self.replace = replace
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> torch.Tensor:
+        try:
+            image = open_grey(self.files[index], min_side=self.img_size)
+        except UnreadableImageError as error:
+            raise UnreadableImageError(f"{error} ({self.where[index]})") from None
+        return self.transform(to_rgb(image))
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self.files)):
+            current = (index + attempt) % len(self.files)
+            try:
+                return self.load(current), self.labels[current], current
+            except UnreadableImageError as error:
+                if not self.skip_bad:
+                    raise
+                logger.warning("skipped unreadable image: %s", error)
+                if not self.replace:
+                    return None
+        raise UnreadableImageError("no readable image in the list")
+
+
+def collate_dropping_none(batch: list):
+    """Default collation of the items that are not ``None`` (skipped images); None if nothing is left."""
+    from torch.utils.data import default_collate
+
+    kept = [item for item in batch if item is not None]
+    return default_collate(kept) if kept else None
+
+
+def build_dataset(setup: DataSetup, list_file: Path, img_size: int, train: bool, skip_bad: bool) -> tuple[ListDataset, ImageList]:
+    """A :class:`ListDataset` of ``list_file`` (training or evaluation transforms) and the list read."""
+    images = read_targets(setup, list_file)
+    if len(images) == 0:
+        raise CommandError(f"{list_file} holds no images")
+    files, kept = locate_images(images, setup.image_roots, skip_bad)
+    images = images.subset(kept) if len(kept) != len(images.paths) else images
+    where = [f"{images.source}:{line}" for line in images.line_numbers]
+    transform = train_transform(img_size) if train else eval_transform(img_size)
+    return ListDataset(files, images.labels, transform, img_size, where, skip_bad, replace=train), images
+
+
+def shard_range(size: int, world_size: int, rank: int) -> range:
+    """Contiguous share of ``range(size)`` for ``rank``: every index on exactly one rank, no padding.
+
+    Concatenating the shards of ranks 0..W-1 gives back the list order.
+    """
+    base, extra = divmod(size, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def default_workers(world_size: int) -> int:
+    """Data-loading processes per rank: the CPUs left after one per rank, at most 8."""
+    import os
+
+    return max(0, min(8, (os.cpu_count() or 1) // world_size - 1))

@@ -1,0 +1,173 @@
+"""``test.py``: score a fine-tuned checkpoint on ``test.txt`` and write the published prediction-file layout.
+
+Writes ``<results_dir>/<Dataset>/data<volume>/<method>/seed<seed>/``:
+
+* ``<Class>.txt``: one ``<label> <probability>`` line per test image, in list order (the original's
+  format, read by ``refers results``);
+* ``summary.txt`` / ``summary.json``: per-class AUC, mean AUC and its 95% bootstrap interval (a
+  ``SYNTHETIC`` stamp, and a ``SYNTHETIC.txt`` marker, when the data is synthetic);
+* ``roc.png``: ROC curves per class;
+* ``run_record.json``: checkpoint and list sha256, the resolved arguments, git commit, package
+  versions, device.
+
+Settings not given on the command line (dataset, model type, image size, data volume, seed) come
+from the checkpoint's metadata (:mod:`refers.finetune.model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from refers.data.lists import atomic_write_text, find_split_file
+from refers.engine.distributed import DistInfo
+from refers.engine.run_info import SYNTHETIC_MARKER, device_description, git_commit, package_versions
+from refers.eval.metrics import bootstrap_ci, mean_auc, per_class_auc
+from refers.eval.predictions import write_prediction_files
+from refers.finetune.config import to_plain
+from refers.finetune.data import build_dataset, default_workers, resolve_data
+from refers.finetune.evaluate import evaluate
+from refers.finetune.model import load_finetuned
+from refers.finetune.precision import make_precision
+from refers.paths import results_dir
+from refers.prepare.common import sha256_file
+
+logger = logging.getLogger(__name__)
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+@dataclass
+class TestOutcome:
+    folder: Path
+    aucs: list[float | None]
+    mean_auc: float
+    ci: tuple[float, float]
+    n_images: int
+
+
+def apply_metadata(args: argparse.Namespace, meta: dict) -> None:
+    """Fill the flags the user left unset from the checkpoint's metadata (then the defaults)."""
+    config = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
+    if args.dataset is None:
+        args.dataset = meta.get("dataset")
+    # Folders given at training time (stored absolute) are the test's too, unless given again.
+    args.list_dir = args.list_dir or config.get("list_dir")
+    args.data_root = args.data_root or config.get("data_root")
+    if args.dataset == "custom":
+        args.classes = args.classes or ",".join(meta.get("classes", []))
+    args.data_volume = args.data_volume or meta.get("data_volume") or 100
+    args.seed = args.seed if args.seed is not None else meta.get("seed", 42)
+    if args.data_seed is None:
+        args.data_seed = meta.get("data_seed")
+
+
+def run_test(args: argparse.Namespace, info: DistInfo) -> TestOutcome:
+    """Evaluate ``args.pretrained_dir`` on the test list; rank 0 writes the outputs."""
+    model, settings = load_finetuned(args.pretrained_dir, args.model_type, args.img_size, args.num_classes)
+    apply_metadata(args, settings["metadata"])
+    args.model_type, args.img_size = settings["model_type"], int(settings["img_size"])
+    if args.num_classes is None:
+        args.num_classes = int(settings["num_classes"])
+    setup = resolve_data(args)
+    test_file = find_split_file(setup.list_dir, "test")
+    dataset, _ = build_dataset(setup, test_file, args.img_size, train=False, skip_bad=args.skip_bad_images)
+    model.to(info.device)
+    precision = make_precision(args.fp16, args.bf16, args.loss_scale, info.device, say=info.is_main)
+    workers = default_workers(info.world_size) if args.num_workers is None else args.num_workers
+    batch = max(1, args.eval_batch_size // info.world_size)
+    result = evaluate(model, dataset, batch, info, precision, workers, desc="Testing")
+    if len(result.indices) != len(dataset):
+        logger.warning("%d unreadable test image(s) skipped: the prediction files have %d lines, the list %d",
+                       len(dataset) - len(result.indices), len(result.indices), len(dataset))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        aucs = per_class_auc(result.labels, result.probs, setup.classes)
+    for warning in caught:
+        logger.warning("%s", warning.message)
+    mean = mean_auc(aucs)
+    ci = bootstrap_ci(result.labels, result.probs, n=BOOTSTRAP_RESAMPLES, seed=0)
+    name = setup.dataset if setup.dataset != "custom" else setup.list_dir.resolve().name
+    folder = Path(args.results_dir or results_dir()) / name / f"data{args.data_volume}" / args.method / f"seed{args.seed}"
+    outcome = TestOutcome(folder, aucs, mean, ci, len(result.indices))
+    if info.is_main:
+        write_outputs(outcome, args, setup, result, test_file, info)
+    return outcome
+
+
+def write_outputs(outcome: TestOutcome, args: argparse.Namespace, setup, result, test_file: Path, info: DistInfo) -> None:
+    """Prediction files, summary, ROC figure and run record (rank 0)."""
+    folder = outcome.folder
+    write_prediction_files(folder, setup.classes, result.labels, result.probs)
+    if setup.synthetic:
+        atomic_write_text(folder / SYNTHETIC_MARKER, "Made from SYNTHETIC data: these numbers say nothing about real X-rays.\n")
+    summary = {
+        "synthetic": setup.synthetic, "dataset": setup.dataset, "data_volume": args.data_volume, "method": args.method,
+        "seed": args.seed, "checkpoint": str(Path(args.pretrained_dir).resolve()), "test_list": str(test_file.resolve()),
+        "n_images": outcome.n_images, "test_loss": result.loss, "mean_auc": finite(outcome.mean_auc),
+        "mean_auc_ci95": [finite(v) for v in outcome.ci], "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "per_class_auc": dict(zip(setup.classes, outcome.aucs)),
+    }
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(folder / "summary.txt", summary_text(summary))
+    write_roc(folder, setup, args, result)
+    record = {
+        "synthetic": setup.synthetic, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(Path(args.pretrained_dir).resolve()), "sha256": sha256_file(args.pretrained_dir)},
+        "test_list": {"path": str(test_file.resolve()), "sha256": sha256_file(test_file), "scored": outcome.n_images},
+        "config": to_plain(args), "git_commit": git_commit(), "packages": package_versions(),
+        "device": device_description(info.device, info.world_size),
+    }
+    atomic_write_text(folder / "run_record.json", json.dumps(record, indent=2) + "\n")
+    logger.info("wrote %d prediction files, summary and ROC curves to %s", len(setup.classes), folder)
+
+
+def finite(value: float) -> float | None:
+    """``value``, or None when it is NaN (JSON has no NaN; an AUC is undefined with one label value)."""
+    return value if np.isfinite(value) else None
+
+
+def number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def summary_text(summary: dict) -> str:
+    """The human-readable summary (the original's ``result.txt``, with the interval)."""
+    lines = []
+    if summary["synthetic"]:
+        lines.append("SYNTHETIC DATA: these numbers say nothing about real X-rays.")
+    low, high = summary["mean_auc_ci95"]
+    lines += [
+        f"dataset: {summary['dataset']}  data volume: {summary['data_volume']}%  method: {summary['method']}  seed: {summary['seed']}",
+        f"checkpoint: {summary['checkpoint']}",
+        f"test images: {summary['n_images']}  test loss: {summary['test_loss']:.5f}",
+        f"mean AUC: {number(summary['mean_auc'])}  (95% bootstrap CI {number(low)} - {number(high)}, "
+        f"{summary['bootstrap_resamples']} resamples)",
+        "",
+    ]
+    width = max(len(c) for c in summary["per_class_auc"])
+    for name, auc in summary["per_class_auc"].items():
+        lines.append(f"{name:<{width}}  {number(auc)}{' (one label value in the test set)' if auc is None else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def write_roc(folder: Path, setup, args: argparse.Namespace, result) -> None:
+    """ROC curves through the results tool's figure code (one panel per class)."""
+    from refers.data.registry import safe_class_filename
+    from refers.eval.figures import roc_figure
+    from refers.eval.report import evaluate_run, summarise
+    from refers.eval.tree import Run
+
+    classes = {safe_class_filename(c): (result.labels[:, i].astype(np.float64), result.probs[:, i].astype(np.float64))
+               for i, c in enumerate(setup.classes)}
+    run = Run(setup.dataset, f"data{args.data_volume}", args.method, args.seed, folder, classes, setup.synthetic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        roc_figure(summarise([evaluate_run(run, bootstrap=0, seed=0)]), folder / "roc.png")
