@@ -1,0 +1,57 @@
+"""``refers export``: the image encoder of a pre-training checkpoint, for fine-tuning.
+
+Writes a flat state dict in the original REFERS key naming (``transformer.embeddings...``, separate
+q/k/v), like the released ``refers_checkpoint.pth``, so this project's ``Fine-tune/`` scripts and the
+original fine-tuning code both load it. Pre-training does this by itself at the end of a run
+(``{serialization-dir}/refers_checkpoint.pth``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from refers.cli.common import CommandError, command
+
+PROG = "refers export"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a pre-training checkpoint_{iteration}.pth")
+    parser.add_argument("--out", default=None, help="output file (default: refers_checkpoint.<format> beside the checkpoint)")
+    parser.add_argument("--to", default=None, metavar="DIR",
+                        help="also copy it into DIR as refers_checkpoint.<format> (e.g. Fine-tune/checkpoint/, where the "
+                             "original README expects it)")
+    parser.add_argument("--format", choices=["pth", "safetensors"], default="pth", help="file format (default pth)")
+    return parser
+
+
+@command(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from refers.engine.checkpoint_io import UnsafeCheckpointError
+    from refers.engine.export import export_checkpoint
+
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.parent / f"refers_checkpoint.{args.format}"
+    if out.resolve() == checkpoint.resolve():
+        raise CommandError(f"--out {out} would overwrite the checkpoint it reads", 2)
+    try:
+        written = export_checkpoint(checkpoint, out, args.format)
+    except (UnsafeCheckpointError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    print(f"wrote {written} (image encoder, original key naming)")
+    if args.to:
+        folder = Path(args.to)
+        folder.mkdir(parents=True, exist_ok=True)
+        for source in (written, written.with_name(written.name + ".json")):
+            target = folder / ("refers_checkpoint." + args.format + (".json" if source.suffix == ".json" else ""))
+            if source.is_file() and source.resolve() != target.resolve():
+                tmp = target.with_name(f".{target.name}.tmp")
+                shutil.copyfile(source, tmp)
+                tmp.replace(target)
+        print(f"copied to {folder / ('refers_checkpoint.' + args.format)}")
+    return 0

@@ -1,0 +1,83 @@
+"""Export the image encoder of a pre-training checkpoint for fine-tuning.
+
+The export is a flat state dict in the original REFERS naming (``transformer.embeddings...``,
+separate q/k/v), the format of the released ``refers_checkpoint.pth``, so both this project
+(:func:`refers.models.weights.load_encoder_weights`) and the original fine-tuning code load it.
+A JSON file beside it records where it came from (checkpoint, iteration, synthetic data or not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refers.data.lists import atomic_write_text
+from refers.engine.checkpoint_io import atomic_torch_save, safe_load
+from refers.models.weights import timm_to_original
+
+ENCODER_PREFIX = "image_encoder."
+EXPORT_FORMATS = ("pth", "safetensors")
+
+
+def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The image encoder's tensors of a full-model state dict, renamed to the original naming.
+
+    Args:
+        model_state: keys ``image_encoder.<timm key>`` (other modules' keys are ignored).
+
+    Raises:
+        ValueError: no ``image_encoder.`` keys.
+    """
+    timm_state = {k[len(ENCODER_PREFIX):]: v for k, v in model_state.items() if k.startswith(ENCODER_PREFIX)}
+    if not timm_state:
+        raise ValueError("the checkpoint holds no image-encoder weights (no 'image_encoder.' keys)")
+    timm_state = {k: v for k, v in timm_state.items() if not k.startswith("head.")}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in timm_to_original(timm_state).items()}
+
+
+def save_encoder(
+    state: dict[str, torch.Tensor], out: str | os.PathLike, fmt: str = "pth", provenance: dict[str, Any] | None = None
+) -> Path:
+    """Write ``state`` atomically as ``.pth`` (torch) or ``.safetensors``, plus ``<out>.json`` provenance."""
+    out = Path(out)
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"--format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    if fmt == "pth":
+        atomic_torch_save(state, out)
+    else:
+        from safetensors.torch import save_file
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        metadata = {k: str(v) for k, v in (provenance or {}).items()}
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    if provenance is not None:
+        atomic_write_text(out.with_name(out.name + ".json"), json.dumps(provenance, indent=2) + "\n")
+    return out
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "pth") -> Path:
+    """Read a pre-training checkpoint (weights_only) and write its image encoder to ``out``."""
+    from refers.engine.run_info import is_synthetic
+
+    raw = safe_load(checkpoint)
+    model_state = raw.get("model") if isinstance(raw, dict) and isinstance(raw.get("model"), dict) else raw
+    if not isinstance(model_state, dict):
+        raise ValueError(f"{checkpoint} does not hold a model state dict")
+    provenance = {
+        "source_checkpoint": str(Path(checkpoint).resolve()),
+        "iteration": raw.get("iteration") if isinstance(raw, dict) else None,
+        "image_encoder": ((raw.get("config") or {}).get("MODEL", {}).get("VISUAL", {}).get("NAME") if isinstance(raw, dict) else None),
+        "key_naming": "original REFERS (transformer.*)",
+        "synthetic_data": is_synthetic(Path(checkpoint).parent),
+    }
+    return save_encoder(encoder_state(model_state), out, fmt, provenance)

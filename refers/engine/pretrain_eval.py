@@ -1,0 +1,98 @@
+"""Validation of a pre-training run: mean losses and image/report retrieval on the val studies.
+
+Every rank evaluates its shard of the validation set (padded so all ranks run the same number of
+batches, which keeps collectives inside the model matched); losses are averaged and embeddings
+gathered across ranks, and the padding repeats are dropped by study index before retrieval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from refers.engine.distributed import DistInfo
+from refers.engine.sampling import ResumableBatchSampler
+from refers.eval.retrieval import retrieval_recall
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move a batch's tensors to ``device`` (other values, e.g. study ids, stay as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _gather_cat(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate equally shaped tensors of every rank along dim 0 (rank order)."""
+    if not info.distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    sampler: ResumableBatchSampler,
+    info: DistInfo,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    decode: Callable[[list[int]], str] | None = None,
+    max_length: int = 100,
+) -> tuple[dict[str, float], tuple[str, str] | None]:
+    """Mean validation losses and retrieval recall@1/5/10 in both directions.
+
+    Args:
+        model: the unwrapped model (``forward``, ``encode_images``, ``encode_reports``).
+        loader, sampler: the validation loader and its (unshuffled, padded) batch sampler.
+        autocast: returns the autocast context used in training.
+        decode: when given (``--log-text``), also return (generated, reference) text of the first
+            validation study.
+
+    Returns:
+        ``({"loss": .., "<component>": .., "image_to_report_R@1": .., ...}, sample or None)``;
+        the same metrics on every rank.
+    """
+    was_training = model.training
+    model.eval()
+    device = info.device
+    sums: dict[str, torch.Tensor] = {}
+    batches = 0
+    images, reports, indices = [], [], []
+    sample = None
+    sampler.set_position(0, 0)
+    index_batches = [[index for index, _ in batch] for batch in sampler]
+    for batch_indices, batch in zip(index_batches, loader):
+        batch = to_device(batch, device)
+        with autocast():
+            output = model(batch)
+            image_vec = model.encode_images(batch["images"])
+            report_vec = model.encode_reports(batch["bert_input_ids"], batch["bert_attention_mask"])
+        for name, value in {"loss": output["loss"], **output.get("components", {})}.items():
+            sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float()
+        batches += 1
+        images.append(image_vec.float())
+        reports.append(report_vec.float())
+        indices.append(torch.tensor(batch_indices, device=device))
+        if decode is not None and sample is None and info.is_main:
+            generated = model.generate(batch["images"][:1], max_length=max_length, beam_size=1)
+            reference = batch["caption_ids"][0][batch["caption_mask"][0].bool()].tolist()
+            sample = (decode(list(generated[0])), decode(reference))
+    names = sorted(sums)
+    totals = torch.stack([sums[k] for k in names] + [torch.tensor(float(batches), device=device)])
+    if info.distributed:
+        dist.all_reduce(totals)
+    metrics = {name: (totals[i] / totals[-1]).item() for i, name in enumerate(names)}
+
+    all_images = _gather_cat(torch.cat(images), info)
+    all_reports = _gather_cat(torch.cat(reports), info)
+    all_indices = _gather_cat(torch.cat(indices), info)
+    # Drop the padding repeats: keep the first row of each study index.
+    order = torch.argsort(all_indices, stable=True)
+    keep = order[torch.cat([torch.tensor([True], device=device), all_indices[order][1:] != all_indices[order][:-1]])]
+    metrics.update(retrieval_recall(all_images[keep], all_reports[keep]))
+    model.train(was_training)
+    return metrics, sample
