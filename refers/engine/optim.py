@@ -38,6 +38,7 @@ class OptimSettings:
     warmup_steps: int = 10_000
     num_iterations: int = 400_000
     decay: str = "cosine"
+    optimizer: str = "sgd"  # OPTIM.OPTIMIZER_NAME: "sgd" (the recipe) or "adamw"
 
     @classmethod
     def from_config(cls, cfg) -> "OptimSettings":
@@ -55,6 +56,7 @@ class OptimSettings:
             warmup_steps=int(optim.WARMUP_STEPS),
             num_iterations=int(optim.NUM_ITERATIONS),
             decay=str(optim.LR_DECAY_NAME),
+            optimizer=str(optim.OPTIMIZER_NAME),
         )
 
 
@@ -95,16 +97,19 @@ def parameter_groups(
 
 
 def build_optimizer(model: nn.Module, settings: OptimSettings) -> torch.optim.Optimizer:
-    """SGD with momentum in timm's Lookahead, with the recipe's parameter groups."""
+    """SGD with momentum (or AdamW) in timm's Lookahead, with the recipe's parameter groups."""
     from timm.optim.lookahead import Lookahead
 
     groups = parameter_groups(
         model.named_parameters(), settings.lr, settings.bert_lr, settings.weight_decay, settings.no_decay
     )
-    sgd = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
+    if settings.optimizer == "adamw":
+        inner = torch.optim.AdamW(groups, lr=settings.lr)
+    else:
+        inner = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
     if not settings.use_lookahead:
-        return sgd
-    return Lookahead(sgd, alpha=settings.lookahead_alpha, k=settings.lookahead_k)
+        return inner
+    return Lookahead(inner, alpha=settings.lookahead_alpha, k=settings.lookahead_k)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings) -> torch.optim.lr_scheduler.LambdaLR:
