@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "real reports fall under data-use agreements)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-export", action="store_true", help="skip the automatic export of the image encoder at the end")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the image encoder (GPU; the first iterations compile)")
     return parser
 
 
@@ -243,6 +245,7 @@ def _train_process(launch: dict[str, Any], info: Any) -> int:
         log_text=args["log_text"],
         progress=not args["no_progress"],
         export_at_end=not args["no_export"],
+        compile=args["compile"],
         argv=launch["argv"],
     )
     return run_pretraining(cfg, options, info, build_refers_parts)

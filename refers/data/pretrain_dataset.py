@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from refers.config import Config, config_path
 from refers.data.images import open_grey
-from refers.data.mimic_lists import Study, read_study_index
+from refers.data.mimic_lists import Study
+from refers.data.study_table import StudyTable, load_study_table
 from refers.data.pretrain_transforms import build_view_transform, flip, to_model_input
 from refers.paths import data_dir
 from refers.text.normalize import swap_left_right
@@ -117,8 +118,12 @@ class StudyDataset(Dataset):
             list_path = config_path(data.TRAIN_LIST if self.train else data.VAL_LIST)
             if list_path is None:
                 raise FileNotFoundError(f"no DATA.{split.upper()}_LIST configured")
-            studies = read_study_index(list_path, resolve_image_root(cfg, list_path))
-        kept = [s for s in studies if s.text.strip() and s.images]
+            # Columns, not a list of objects: loader workers share the index instead of copying it.
+            studies = load_study_table(list_path, resolve_image_root(cfg, list_path))
+        if isinstance(studies, StudyTable):
+            kept = studies.select(np.flatnonzero(studies.usable()))
+        else:
+            kept = [s for s in studies if s.text.strip() and s.images]
         if len(kept) < len(studies):
             logger.warning("%s: %d of %d studies have no report text or no image; skipped", split, len(studies) - len(kept), len(studies))
         if not kept:
@@ -159,7 +164,8 @@ class StudyDataset(Dataset):
         for i in chosen:
             view = self.transform(grey[i])
             views.append(to_model_input(flip(view) if flipped else view))
-        report = self.studies[int(self.report_of[index])].text
+        other = int(self.report_of[index])
+        report = self.studies.text(other) if isinstance(self.studies, StudyTable) else self.studies[other].text
         # Mirroring a lateral view does not change which side is which; a frontal one does.
         if flipped and any(kinds[i] != LATERAL for i in chosen):
             report = swap_left_right(report)

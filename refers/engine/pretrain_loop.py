@@ -74,6 +74,7 @@ class LoopOptions:
     log_text: bool = False
     progress: bool = True
     export_at_end: bool = True
+    compile: bool = False
     argv: list[str] = field(default_factory=list)
 
 
@@ -145,6 +146,8 @@ class PretrainRun:
         ts.seed_everything(cfg.RANDOM_SEED)
         self.parts = build_parts(cfg, self.device)
         self.model = self.parts.model.to(self.device)
+        if options.compile:  # in place: state-dict keys, checkpoints and the export stay as they are
+            getattr(self.model, "image_encoder", self.model).compile()
         ts.seed_everything(cfg.RANDOM_SEED + info.rank)
         self.train_model: nn.Module = self.model
         if info.distributed:

@@ -95,9 +95,15 @@ def build_parser(prog: str, stage: str = "train") -> argparse.ArgumentParser:
     n.add_argument("--resume", action="store_true", help="continue the interrupted run <output_dir>/<name>_last.pth")
     n.add_argument("--skip_bad_images", action="store_true", help="skip (and count) missing or unreadable images instead of stopping")
     n.add_argument("--bf16", action="store_true", help="bfloat16 autocast on a GPU (no scaler); fp32 on a CPU")
+    n.add_argument("--fp32", action="store_true",
+                   help="train in full fp32 on a GPU (default there: bfloat16 autocast where supported, or --fp16)")
+    n.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for training (GPU; the first steps compile, checkpoints are unchanged)")
     n.add_argument("--results_dir", default=None, help="test outputs (default: the project's Results_of_fine-tuning/)")
     n.add_argument("--method", default="REFERS", help="method folder name of the test outputs")
     n.add_argument("--log_dir", default=None, help="TensorBoard and metrics CSV folder (default logs/<name>)")
+    n.add_argument("--packed_cache", default=None,
+                   help="read the images from a pack of 'refers prepare pack' instead of the image files")
     n.add_argument("--num_workers", type=int, default=None, help="data-loading processes per rank (default: from the CPU count)")
     n.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     return p

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from refers.data.device_transforms import to_model_input
 from refers.engine.distributed import DistInfo
 from refers.finetune.data import collate_dropping_none, shard_range
 from refers.finetune.precision import Precision
@@ -65,7 +66,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, info: DistInfo
             continue
         images, targets, index = batch
         with precision.autocast():
-            logits = model(images.to(info.device, non_blocking=True))
+            logits = model(to_model_input(images, info.device))
         logits = logits.float().reshape(len(targets), -1).cpu()
         loss_sum += float(nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum"))
         indices.append(index.numpy())

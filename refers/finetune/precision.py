@@ -46,17 +46,20 @@ class Precision:
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
 
-def make_precision(fp16: bool, bf16: bool, loss_scale: float, device: torch.device, say: bool = True) -> Precision:
+def make_precision(fp16: bool, bf16: bool, loss_scale: float, device: torch.device, say: bool = True,
+                   default: str = "fp32") -> Precision:
     """The precision of a run from its flags and device (see the module docstring).
 
     Args:
         say: log the one-line note that a CPU run ignores ``--fp16``/``--bf16`` (rank 0 only).
+        default: precision on a GPU when neither flag is given: "fp32", or "bf16" (training's
+            default, used where the GPU supports it: tensor cores at full rate, no scaler).
     """
     if device.type != "cuda":
         if (fp16 or bf16) and say:
             logger.warning("--%s: no GPU, so this run is fp32 on the CPU", "fp16" if fp16 else "bf16")
         return Precision(None, device.type, None)
-    if bf16:
+    if bf16 or (not fp16 and default == "bf16" and torch.cuda.is_bf16_supported()):
         return Precision(torch.bfloat16, "cuda", None)
     if not fp16:
         return Precision(None, "cuda", None)

@@ -78,7 +78,7 @@ def run_test(args: argparse.Namespace, info: DistInfo) -> TestOutcome:
         args.num_classes = int(settings["num_classes"])
     setup = resolve_data(args)
     test_file = find_split_file(setup.list_dir, "test")
-    dataset, _ = build_dataset(setup, test_file, args.img_size, train=False, skip_bad=args.skip_bad_images)
+    dataset, _ = build_dataset(setup, test_file, args.img_size, False, args.skip_bad_images, args.packed_cache)
     model.to(info.device)
     precision = make_precision(args.fp16, args.bf16, args.loss_scale, info.device, say=info.is_main)
     workers = default_workers(info.world_size) if args.num_workers is None else args.num_workers

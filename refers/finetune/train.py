@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from refers.cli.common import CommandError
+from refers.data.device_transforms import to_model_input
 from refers.data.images import UnreadableImageError
 from refers.data.lists import atomic_write_text
 from refers.engine.checkpoint_io import atomic_torch_save, safe_load
@@ -46,6 +47,7 @@ from refers.finetune.precision import Precision, make_precision
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "refers-finetune-state"
+LOG_EVERY = 10  # steps between loss read-outs on a GPU (every step on a CPU, where reading is free)
 CSV_FIELDS = ("step", "epoch", "train_loss", "lr", "val_loss", "val_mean_auc", "best_auc", "counter", "seconds")
 
 
@@ -118,8 +120,8 @@ def train(args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()) ->
             setattr(args, key, str(Path(getattr(args, key)).resolve()))
     train_file = fraction_file(setup.list_dir, "train", args.data_volume, args.data_seed)
     val_file = fraction_file(setup.list_dir, "val", args.val_volume, args.data_seed)
-    train_set, _ = build_dataset(setup, train_file, args.img_size, train=True, skip_bad=args.skip_bad_images)
-    val_set, _ = build_dataset(setup, val_file, args.img_size, train=False, skip_bad=args.skip_bad_images)
+    train_set, _ = build_dataset(setup, train_file, args.img_size, True, args.skip_bad_images, args.packed_cache)
+    val_set, _ = build_dataset(setup, val_file, args.img_size, False, args.skip_bad_images, args.packed_cache)
     micro, eval_batch = batch_sizes(args, info)
     if setup.synthetic and info.is_main:
         logger.warning("SYNTHETIC data (%s carries SYNTHETIC.txt): numbers from this run say nothing about real X-rays", setup.list_dir)
@@ -136,7 +138,9 @@ def train(args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()) ->
     optimizer = torch.optim.SGD(params, lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay)
     scheduler = build_scheduler(optimizer, args.decay_type, args.warmup_steps, args.num_steps)
     workers = default_workers(info.world_size) if args.num_workers is None else args.num_workers
-    run = Run(args, info, setup, make_precision(args.fp16, args.bf16, args.loss_scale, info.device, say=info.is_main),
+    precision = make_precision(args.fp16, args.bf16, args.loss_scale, info.device, say=info.is_main,
+                               default="fp32" if args.fp32 else "bf16")
+    run = Run(args, info, setup, precision,
               checkpoint_paths(args), RunLog(args, info, fresh=not args.resume), workers, eval_batch)
     stopper, position, step = EarlyStopping(args.patience), DataPosition(), 0
     seed_everything(args.seed + info.rank)  # dropout differs between ranks, as their data does
@@ -147,6 +151,8 @@ def train(args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()) ->
     ddp = model
     if info.distributed:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if args.compile:  # in place: state-dict keys, and so checkpoints, stay as they are
+        ddp.compile()
     sampler = ResumableBatchSampler(len(train_set), micro, info.rank, info.world_size, seed=args.seed, shuffle=True, drop_last=False)
     # Its own generator: starting an epoch's iterator then never draws from the global RNG (dropout),
     # so a resumed run continues the same random stream; augmentations are seeded per sample.
@@ -167,12 +173,16 @@ def train(args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()) ->
     bar = tqdm(total=args.num_steps, initial=step, desc="Training", disable=not info.is_main, dynamic_ncols=True)
     try:
         while step < args.num_steps and not stopped_early:
-            loss = train_step(ddp, params, batches, position, optimizer, scheduler, run.precision, args, info)
+            # Reading the loss waits for the GPU: there only every LOG_EVERY steps and at validations.
+            read = info.device.type != "cuda" or (step + 1) % LOG_EVERY == 0 or (step + 1) % eval_every == 0 \
+                or step + 1 == args.num_steps
+            loss = train_step(ddp, params, batches, position, optimizer, scheduler, run.precision, args, info, read)
             step += 1
             lr = scheduler.get_last_lr()[0]
             bar.update()
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            run.log.scalar("train/loss", loss, step)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                run.log.scalar("train/loss", loss, step)
             run.log.scalar("train/lr", lr, step)
             if step % eval_every == 0 or step == args.num_steps:
                 decision = validate(run, model, val_set, stopper, step, loss, lr, position.epoch)
@@ -214,15 +224,20 @@ def validate(run: Run, model: nn.Module, val_set, stopper: EarlyStopping, step: 
 
 
 def train_step(ddp: nn.Module, params: list, batches, position: DataPosition, optimizer, scheduler,
-               precision: Precision, args: argparse.Namespace, info: DistInfo) -> float:
-    """One optimiser step over ``gradient_accumulation_steps`` micro-batches; returns the mean loss over ranks."""
+               precision: Precision, args: argparse.Namespace, info: DistInfo, read: bool = True) -> float | None:
+    """One optimiser step over ``gradient_accumulation_steps`` micro-batches.
+
+    Returns:
+        The mean loss over ranks when ``read`` (and then stops on a non-finite loss), else None:
+        reading it from a GPU waits for the step to finish, which leaves the GPU idle meanwhile.
+    """
     ddp.train(not args.freeze_backbone)  # a linear probe keeps the encoder's dropout off
     accum = args.gradient_accumulation_steps
     total = torch.zeros((), dtype=torch.float64, device=info.device)
     for micro_step in range(accum):
         images, targets, _ = next(batches)
         position.batch += 1
-        images, targets = images.to(info.device, non_blocking=True), targets.to(info.device, non_blocking=True)
+        images, targets = to_model_input(images, info.device), targets.to(info.device, non_blocking=True)
         sync = not info.distributed or micro_step == accum - 1
         with (contextlib.nullcontext() if sync else ddp.no_sync()):
             with precision.autocast():
@@ -233,8 +248,8 @@ def train_step(ddp: nn.Module, params: list, batches, position: DataPosition, op
     if info.distributed:
         dist.all_reduce(total)
         total /= info.world_size
-    value = float(total)
-    if not math.isfinite(value):
+    value = float(total) if read else None
+    if value is not None and not math.isfinite(value):
         raise CommandError(f"the training loss is {value} at step {scheduler.last_epoch + 1}; lower --learning_rate "
                            "or check the data (no checkpoint of this step was saved)")
     if precision.scaler:

@@ -28,6 +28,8 @@ from refers.prepare.common import (
     PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv,
     stamp_synthetic, synthetic_marker, write_dataset_yaml,
 )
+from refers.prepare.layout import locate_image
+from refers.prepare.resize import ResizeSpec, prepare_images, source_size
 from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, overlaps
 
 DATA_ENTRY = "Data_Entry_2017.csv"
@@ -66,6 +68,14 @@ def _names_from_text(path: Path) -> list[tuple[int, str]]:
         return [(n, line.strip()) for n, line in enumerate(handle, start=1) if line.strip()]
 
 
+def _shorter_side(path: Path) -> int:
+    """The shorter side of an image from its header; 0 when unreadable (prepare_images reports it)."""
+    try:
+        return min(source_size(path))
+    except OSError:
+        return 0
+
+
 def prepare_nih(
     root: Path,
     out: Path,
@@ -76,8 +86,18 @@ def prepare_nih(
     force: bool = False,
     skip_bad: bool = False,
     command: str = "refers prepare nih",
+    images_out: Path | None = None,
+    short_side: int | None = None,
+    workers: int = 1,
 ) -> Summary:
-    """Write the NIH ChestX-ray14 lists (see the module docstring)."""
+    """Write the NIH ChestX-ray14 lists (see the module docstring).
+
+    With ``short_side`` (and ``images_out``), the listed images are also copied to ``images_out``
+    at that shorter side (PNG, bilinear, never upscaled) and the lists' image root is that copy:
+    decoding a 1024x1024 PNG is most of the cost of loading it, and 512 px still holds every crop
+    the 224 px training transform takes at scale >= 0.19 at full detail. Skipped when the images
+    are no larger than that already.
+    """
     ensure_separate(out, root, "--out")
     ensure_new(out, [f"{s}.txt" for s in SPLITS], force)
     summary = Summary(f"nih -> {out}")
@@ -146,6 +166,22 @@ def prepare_nih(
         for name in missing:
             assignment[index[name]] = -1
 
+    image_root = root
+    listed = np.flatnonzero(assignment >= 0)
+    files = {i: locate_image(root, on_disk[names[i]]) for i in listed}
+    sample = [files[i] for i in listed[:: max(1, len(listed) // 50)]]
+    if short_side and images_out is not None and any(_shorter_side(p) > short_side for p in sample):
+        ensure_separate(images_out, root, "--images-out")
+        jobs = [(str(files[i]), str(images_out / on_disk[names[i]])) for i in listed]
+        done = prepare_images(jobs, ResizeSpec(short_side=short_side), workers, skip_bad, summary, "nih images")
+        for i, (source, _) in zip(listed, jobs):
+            if source not in done:  # unreadable, left out with --skip-bad-images
+                assignment[i] = -1
+        stamp_synthetic(images_out, synthetic_marker(root))
+        image_root = images_out
+    elif short_side:
+        summary.note(f"images are at most {short_side} px on their shorter side already: the lists point to the originals")
+
     written = []
     label_matrix = np.stack(labels) if labels else np.zeros((0, len(NIH_CLASSES)), dtype=np.float32)
     counts = {}
@@ -160,7 +196,8 @@ def prepare_nih(
     write_dataset_yaml(out, {
         "dataset": "NIH_ChestX-ray",
         "synthetic": marker is not None,
-        "image_root": portable_path(root, out),
+        "image_root": portable_path(image_root, out),
+        "short_side": short_side if image_root != root else None,
         "classes": list(NIH_CLASSES),
         "label_columns": len(NIH_CLASSES),
         "label_style": "int",

@@ -1,0 +1,122 @@
+"""Image transforms split at the uint8 boundary: geometry on the host, arithmetic on the device.
+
+The original converted every radiograph to three float channels and normalised it in the data
+loader: 12 bytes per pixel crossed the process boundary and the PCIe bus for 1 byte of
+information. Here the loader does only what needs the whole image (decode, crop, resize, flip) on
+one uint8 channel, and the device turns the batch into the model's input in one fused step::
+
+    host:   grey PIL image -> uint8 [1, S, S]            (host_train_transform / host_eval_transform)
+    device: uint8 [B, 1, S, S] -> float [B, 3, S, S]     (DeviceNormalize)
+
+The result equals torchvision's ``ToTensor() + Normalize(mean, std)`` of the RGB image (the three
+channels of a grey image are equal), up to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+# The ImageNet statistics the original normalised with (also in refers.finetune.data and
+# refers.data.pretrain_transforms, whose owners keep their own copies).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def host_train_transform(img_size: int):
+    """Training geometry of the original (RandomResizedCrop + horizontal flip) on a grey PIL image.
+
+    Returns:
+        A callable: PIL 'L' image -> uint8 tensor [1, img_size, img_size].
+    """
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop((img_size, img_size)),
+        transforms.RandomHorizontalFlip(),
+        transforms.PILToTensor(),
+    ])
+
+
+def host_eval_transform(img_size: int):
+    """Evaluation geometry of the original (Resize shorter side + CentreCrop) on a grey PIL image.
+
+    Returns:
+        A callable: PIL 'L' image -> uint8 tensor [1, img_size, img_size].
+    """
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(img_size),
+        transforms.CenterCrop((img_size, img_size)),
+        transforms.PILToTensor(),
+    ])
+
+
+class DeviceNormalize:
+    """uint8 images -> normalised float model input, on whatever device the batch is on.
+
+    ``out[c] = (x / 255 - mean[c]) / std[c]`` computed as one multiply-add ``x * a[c] + b[c]``;
+    a one-channel input broadcasts to ``len(mean)`` channels in that same operation, so the
+    grey-to-RGB expansion costs no extra pass. Float inputs are taken as already normalised and
+    passed through unchanged, so callers may apply it unconditionally.
+
+    Args:
+        mean, std: per-output-channel statistics (ImageNet's by default).
+        dtype: output dtype (float32; autocast casts inside the model).
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 dtype: torch.dtype = torch.float32):
+        mean_t = torch.tensor(mean, dtype=torch.float64)
+        std_t = torch.tensor(std, dtype=torch.float64)
+        self.channels = len(mean)
+        self.dtype = dtype
+        self._scale = (1.0 / (255.0 * std_t)).to(dtype)
+        self._shift = (-mean_t / std_t).to(dtype)
+        self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._cache:  # one small host->device copy per device, not per batch
+            self._cache[device] = (self._scale.to(device), self._shift.to(device))
+        return self._cache[device]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise a batch.
+
+        Args:
+            images: uint8 [..., C, H, W] with C = 1 or ``len(mean)`` (e.g. [B, 1, S, S] or
+                [B, V, 1, S, S]); float tensors are returned as they are.
+
+        Returns:
+            float [..., len(mean), H, W].
+        """
+        if images.is_floating_point():
+            return images
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 or float images, got {images.dtype}")
+        if images.dim() < 3 or images.shape[-3] not in (1, self.channels):
+            raise ValueError(f"expected images [..., 1 or {self.channels}, H, W], got {tuple(images.shape)}")
+        scale, shift = self._constants(images.device)
+        shape = (self.channels, 1, 1)
+        return torch.addcmul(shift.view(shape), images.to(self.dtype), scale.view(shape))
+
+
+def to_model_input(images: torch.Tensor, device: torch.device | str, normalize: DeviceNormalize | None = None,
+                   non_blocking: bool = True) -> torch.Tensor:
+    """Move a loader batch to ``device`` (as uint8: a quarter of float32's bytes) and normalise it there.
+
+    Args:
+        images: uint8 [..., 1|3, H, W] from the host transforms, or float already normalised.
+        normalize: the :class:`DeviceNormalize` to use (default: ImageNet statistics).
+        non_blocking: asynchronous copy from pinned memory.
+
+    Returns:
+        float [..., 3, H, W] on ``device``.
+    """
+    normalize = normalize or _DEFAULT
+    return normalize(images.to(device, non_blocking=non_blocking))
+
+
+_DEFAULT = DeviceNormalize()
