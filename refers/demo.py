@@ -1,0 +1,379 @@
+"""The whole REFERS pipeline on built-in synthetic data (``refers demo`` / ``make demo``).
+
+Every stage runs the project's real command in a subprocess, exactly as a user would type it; the
+commands are appended to ``<out>/commands.sh`` (runnable from the project root) and their output to
+``<out>/logs/``. Stages:
+
+1. ``refers synth``: synthetic studies in the five datasets' official layouts;
+2. ``refers prepare``: MIMIC pre-training lists, the four downstream datasets, 1%/10% fractions;
+3. ``refers tokenizer train`` and ``Pre-train/pretrain_refers.py`` (the demo preset);
+4. ``refers export``: the image encoder for fine-tuning;
+5. ``refers sweep``: fine-tuning from the export and from scratch (and, with ``--full``, from a
+   control pre-trained on shuffled image-report pairs), learning rate chosen on validation per arm,
+   then ``test.py``;
+6. ``refers results``: the table, confidence intervals and ROC figures;
+7. the pre-training retrieval recall and one generated report next to its true report;
+8. ``<out>/summary.json``.
+
+Budgets (studies, pre-training length, fine-tuning grid) live in ``configs/demo/*.yaml`` and
+``configs/sweep/demo*.yaml``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from refers.data.lists import atomic_write_text
+from refers.data.registry import FINETUNE_DATASETS, get_dataset
+from refers.paths import project_root
+
+MARKER = "DEMO.txt"  # marks a folder as demo output, which a new run may delete
+
+
+class DemoError(RuntimeError):
+    """A stage failed or an output is missing; the message says which and where its log is."""
+
+
+@dataclass
+class Profile:
+    """The demo's budgets, read from ``configs/demo/<name>.yaml``.
+
+    Attributes:
+        studies: pre-training (MIMIC-style) studies ``refers synth`` makes.
+        downstream_studies: the ``--studies`` scale of the four downstream datasets.
+        image_size: side of the synthetic images.
+        pretrain_config: pre-training preset (YAML, relative to the project root).
+        pretrain_overrides: ``KEY: value`` pairs passed as ``--config-override``.
+        sweep: the fine-tuning grid (a sweep file with ``${OUT}`` placeholders).
+        percents, seeds: label fractions and data seeds ``refers prepare fractions`` writes.
+        shuffled: also pre-train the shuffled-report control arm.
+        validations: pre-training validations (checkpoints) over the run.
+        cpu_workers: data-loading processes of pre-training.
+        bootstrap: resamples of ``refers results``' confidence intervals.
+        workers: processes of ``refers synth`` / ``refers prepare``.
+    """
+
+    name: str
+    studies: int = 4000
+    image_size: int = 64
+    pretrain_config: str = "configs/demo/pretrain.yaml"
+    pretrain_overrides: dict[str, Any] = field(default_factory=dict)
+    sweep: str = "configs/sweep/demo.yaml"
+    percents: list[int] = field(default_factory=lambda: [1, 10])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    shuffled: bool = False
+    downstream_studies: int = 2000
+    validations: int = 2
+    cpu_workers: int = 1
+    bootstrap: int = 1000
+    workers: int = 2
+
+
+def load_profile(name: str, studies: int | None = None) -> Profile:
+    """``configs/demo/<name>.yaml`` as a :class:`Profile` (``studies`` overrides the file's)."""
+    path = project_root() / "configs" / "demo" / f"{name}.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(raw) - set(Profile.__dataclass_fields__)
+    if unknown:
+        raise DemoError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+    profile = Profile(name=name, **{k: v for k, v in raw.items() if k != "name"})
+    if studies is not None:
+        profile.studies = studies
+    return profile
+
+
+class Demo:
+    """Runs the stages into one output folder and keeps the command log."""
+
+    def __init__(self, out: Path, profile: Profile, python: str = sys.executable, stream: bool = True):
+        self.out = out.resolve()
+        self.profile = profile
+        self.python = python
+        self.stream = stream
+        self.root = project_root()
+        self.stage_number = 0
+        self.timings: dict[str, float] = {}
+
+    # --- folders ---------------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    def start_clean(self) -> None:
+        """Empty ``out`` if it holds an earlier demo; refuse a non-empty folder that is not a demo's."""
+        if self.out.exists() and any(self.out.iterdir()):
+            if not (self.out / MARKER).is_file():
+                raise DemoError(f"{self.out} is not empty and is not a demo output folder ({MARKER} missing); "
+                                "choose another --out")
+            print(f"demo: removing the previous demo output in {self.out} (nothing is reused)")
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / MARKER, "Output of `refers demo` (synthetic data only). Safe to delete; "
+                                            "a new `refers demo --out` here deletes it.\n")
+        atomic_write_text(self.out / "commands.sh", "#!/bin/sh\n# Every command `refers demo` ran, in order; "
+                                                    f"run from the project root.\nset -e\ncd {shlex.quote(str(self.root))}\n")
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def stage(self, title: str) -> None:
+        self.stage_number += 1
+        line = f"[{self.stage_number}/8] {title}"
+        print(f"\n{line}\n{'-' * len(line)}", flush=True)
+        with (self.out / "commands.sh").open("a", encoding="utf-8") as handle:
+            handle.write(f"\n# {line}\n")
+
+    def refers(self, *args: str, log: str) -> None:
+        """Run ``python -m refers <args>``."""
+        self.run([self.python, "-m", "refers", *args], log=log)
+
+    def run(self, command: Sequence[str], log: str) -> None:
+        """Run one command from the project root, stream and log its output, record it in commands.sh.
+
+        Raises:
+            DemoError: when it exits with a non-zero status.
+        """
+        command = [str(c) for c in command]
+        shown = shlex.join(command).replace(shlex.quote(self.python), "python")
+        print(f"$ {shown}", flush=True)
+        with (self.out / "commands.sh").open("a", encoding="utf-8") as handle:
+            handle.write(shlex.join(command) + "\n")
+        log_path = self.path("logs", f"{self.stage_number:02d}-{log}.log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # chunks may split a character
+        with log_path.open("wb") as handle:
+            process = subprocess.Popen(command, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert process.stdout is not None
+            for chunk in iter(lambda: process.stdout.read1(65536), b""):  # type: ignore[attr-defined]
+                handle.write(chunk)
+                if self.stream:
+                    sys.stdout.write(decoder.decode(chunk))
+                    sys.stdout.flush()
+            code = process.wait()
+        seconds = time.perf_counter() - start
+        self.timings[log] = self.timings.get(log, 0.0) + seconds
+        if code != 0:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+            raise DemoError(f"`{shown}` failed with exit status {code} after {seconds:.0f} s; "
+                            f"log: {log_path}\n" + "\n".join(tail))
+
+    # --- the stages ------------------------------------------------------------------------------
+
+    def synth(self) -> None:
+        p = self.profile
+        self.stage(f"synthetic data: {p.studies} pre-training studies, downstream sets of a {p.downstream_studies}-study scale")
+        # Two calls: the pre-training set and the (smaller) downstream sets scale separately.
+        common = ["--out", self.path("Data"), "--image-size", str(p.image_size), "--seed", "0", "--workers", str(p.workers)]
+        self.refers("synth", *common, "--studies", str(p.studies), "--datasets", "mimic", log="synth-mimic")
+        self.refers("synth", *common, "--studies", str(p.downstream_studies), "--datasets", "nih", "vinbig", "shenzhen",
+                    "covid", log="synth-downstream")
+
+    def lists(self, dataset: str) -> Path:
+        return self.path("DataProcessed", get_dataset(dataset).processed)
+
+    def prepare(self) -> None:
+        self.stage("data preparation: MIMIC-style pre-training lists, downstream lists, label fractions")
+        size = str(self.profile.image_size)
+        extra = {"mimic": ["--short-side", size], "vinbig": ["--max-size", size]}
+        for name in ("MIMIC-CXR", *FINETUNE_DATASETS):
+            spec = get_dataset(name)
+            workers = ["--workers", str(self.profile.workers)] if spec.alias in extra else []
+            self.refers("prepare", spec.alias, "--root", self.path("Data", spec.name), "--out", self.lists(name),
+                        *workers, *extra.get(spec.alias, []), log=f"prepare-{spec.alias}")
+        percents = [str(p) for p in self.profile.percents]
+        seeds = [str(s) for s in self.profile.seeds]
+        for name in FINETUNE_DATASETS:
+            alias = get_dataset(name).alias
+            self.refers("prepare", "fractions", "--dataset", alias, "--lists", self.lists(name), "--percent", *percents,
+                        "--seeds", *seeds, log=f"fractions-{alias}")
+
+    def pretrain_overrides(self, shuffled: bool = False) -> list[str]:
+        mimic = self.lists("MIMIC-CXR")
+        values = {
+            "DATA.TRAIN_LIST": mimic / "train_studies.jsonl",
+            "DATA.VAL_LIST": mimic / "val_studies.jsonl",
+            "DATA.TOKENIZER_MODEL": self.path("tokenizer", "reports_bpe.model"),
+            "DATA.BERT_TOKENIZER_DIR": self.path("tokenizer", "wordpiece"),
+            **self.profile.pretrain_overrides,
+            **({"DATA.SHUFFLE_REPORTS": True} if shuffled else {}),
+        }
+        return [str(item) for pair in values.items() for item in pair]
+
+    def pretrained_arms(self) -> list[str]:
+        return ["REFERS"] + (["shuffled"] if self.profile.shuffled else [])
+
+    def pretrain(self) -> None:
+        self.stage("report tokenizers and REFERS pre-training (demo preset on the tiny CPU model)"
+                   + (", then the shuffled-report control" if self.profile.shuffled else ""))
+        from refers.config import load_config
+
+        config = self.root / self.profile.pretrain_config
+        cfg = load_config(config, self.pretrain_overrides())
+        self.refers("tokenizer", "train", "--reports", cfg.DATA.TRAIN_LIST, "--out", self.path("tokenizer"),
+                    "--vocab-size", str(cfg.DATA.VOCAB_SIZE), "--wordpiece-vocab-size", str(cfg.MODEL.TEXTUAL.BERT_VOCAB_SIZE),
+                    log="tokenizer")
+        every = str(max(1, cfg.OPTIM.NUM_ITERATIONS // self.profile.validations))
+        for arm in self.pretrained_arms():
+            self.run([self.python, "Pre-train/pretrain_refers.py", "--config", config,
+                      "--config-override", *self.pretrain_overrides(arm == "shuffled"),
+                      "--serialization-dir", self.path("pretrain", arm), "--num-gpus-per-machine", "0",
+                      "--cpu-workers", str(self.profile.cpu_workers), "--checkpoint-every", every, "--no-export"],
+                     log=f"pretrain-{arm}")
+
+    def last_checkpoint(self, arm: str) -> Path:
+        """The latest ``checkpoint_{iteration}.pth`` of a pre-training run."""
+        found = sorted(self.path("pretrain", arm).glob("checkpoint_*.pth"), key=lambda p: int(p.stem.split("_")[-1]))
+        if not found:
+            raise DemoError(f"pre-training wrote no checkpoint into {self.path('pretrain', arm)}")
+        return found[-1]
+
+    def encoder(self, arm: str) -> Path:
+        return self.path("checkpoints", arm, "refers_checkpoint.pth")
+
+    def export(self) -> None:
+        self.stage("export the pre-trained image encoder for fine-tuning")
+        for arm in self.pretrained_arms():
+            self.refers("export", self.last_checkpoint(arm), "--out", self.encoder(arm), log=f"export-{arm}")
+
+    def finetune(self) -> None:
+        self.stage("fine-tuning and testing: " + " vs ".join([*self.pretrained_arms(), "scratch"])
+                   + " (learning rate chosen on validation per arm)")
+        from refers.sweep import read_sweep_file
+
+        resolved = _fill(read_sweep_file(self.root / self.profile.sweep), {"${OUT}": str(self.out)})
+        sweep = self.path("sweep.yaml")
+        atomic_write_text(sweep, f"# {self.profile.sweep} with ${{OUT}} = {self.out}\n" + yaml.safe_dump(resolved, sort_keys=False))
+        self.refers("sweep", sweep, log="sweep")
+
+    def results(self) -> None:
+        self.stage("results: table, confidence intervals, ROC figures")
+        self.refers("results", self.path("Results_of_fine-tuning"), "--out", self.path("results"), "--compare", "REFERS",
+                    "--bootstrap", str(self.profile.bootstrap), log="results")
+
+    def report_generation(self) -> dict[str, Any]:
+        """Stage 7: the pre-training retrieval recall, and one generated report beside its true report."""
+        self.stage("pre-training check: image-to-report retrieval on validation studies, one generated report")
+        from refers.data.mimic_lists import read_study_index
+        from refers.prepare.common import image_root_of
+
+        lists = self.lists("MIMIC-CXR")
+        studies = read_study_index(lists / "val_studies.jsonl", image_root_of(lists))
+        study = studies[0]
+        folder = study.images[0].parent
+        generated = self.path("generated_report.txt")
+        self.refers("generate", "--checkpoint", self.last_checkpoint("REFERS"), "--study", folder, "--out", generated,
+                    log="generate")
+        text = generated.read_text(encoding="utf-8").strip().split("\t", 1)[-1]
+        recall = retrieval_recall_at_5(self.path("pretrain", "REFERS"))
+        return {"retrieval_recall_at_5": recall, "retrieval_chance_at_5": min(1.0, 5 / max(1, len(studies))),
+                "validation_studies": len(studies), "study": study.folder, "generated_report": text,
+                "true_report": study.text}
+
+    def summary(self, seconds: float, check: dict[str, Any]) -> dict[str, Any]:
+        """``summary.json``: AUCs (means over seeds) from ``refers results``' table, recall, time."""
+        summary = {"synthetic": True, "seconds": round(seconds, 1),
+                   "retrieval_recall_at_5": check["retrieval_recall_at_5"],
+                   "auc": auc_table(self.path("results", "mean_auc.csv")),
+                   "retrieval_chance_at_5": check["retrieval_chance_at_5"],
+                   "stage_seconds": {k: round(v, 1) for k, v in self.timings.items()},
+                   "profile": self.profile.name}
+        atomic_write_text(self.path("summary.json"), json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _fill(value: Any, placeholders: dict[str, str]) -> Any:
+    """``value`` with every placeholder replaced in every string, however deeply nested."""
+    if isinstance(value, dict):
+        return {k: _fill(v, placeholders) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, placeholders) for v in value]
+    if isinstance(value, str):
+        for key, text in placeholders.items():
+            value = value.replace(key, text)
+    return value
+
+
+# --- reading the stages' outputs -----------------------------------------------------------------
+
+
+def auc_table(csv_path: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``{dataset: {percent: {method: mean AUC over seeds}}}`` from ``refers results``' ``mean_auc.csv``."""
+    import csv
+
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            percent = row["task"].removeprefix("data")
+            value = float(row["mean_auc"])
+            table.setdefault(row["dataset"], {}).setdefault(percent, {})[row["method"]] = value / 100 if value > 1 else value
+    return table
+
+
+def retrieval_recall_at_5(run_dir: Path) -> float | None:
+    """Image-to-report recall@5 of the last validation logged by a pre-training run (None if none)."""
+    import re
+
+    pattern = re.compile(r"val iter \d+ .*?image_to_report_R@5 ([0-9.]+)")
+    found = [float(m.group(1)) for line in (run_dir / "log.txt").read_text(encoding="utf-8").splitlines()
+             if (m := pattern.search(line))]
+    return found[-1] if found else None
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The demo's closing table: mean test AUC per dataset and label fraction, one column per arm."""
+    arms = [a for a in ("REFERS", "shuffled", "scratch")
+            if any(a in cell for fractions in summary["auc"].values() for cell in fractions.values())]
+    header = ["dataset", "labels", *arms, "REFERS - scratch"]
+    rows = []
+    for dataset in sorted(summary["auc"], key=lambda d: FINETUNE_DATASETS.index(d) if d in FINETUNE_DATASETS else 99):
+        for percent in sorted(summary["auc"][dataset], key=float):
+            cell = summary["auc"][dataset][percent]
+            gap = cell["REFERS"] - cell["scratch"] if "REFERS" in cell and "scratch" in cell else None
+            rows.append([dataset, f"{percent}%", *(f"{cell[a]:.3f}" if a in cell else "-" for a in arms),
+                         "-" if gap is None else f"{100 * gap:+.1f} pts"])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def run_demo(out: Path, profile: Profile, stream: bool = True) -> dict[str, Any]:
+    """Run every stage into ``out`` (emptied first) and return the summary.
+
+    Raises:
+        DemoError: a stage failed (the message names its command and log).
+    """
+    start = time.perf_counter()
+    demo = Demo(out, profile, stream=stream)
+    demo.start_clean()
+    demo.synth()
+    demo.prepare()
+    demo.pretrain()
+    demo.export()
+    demo.finetune()
+    demo.results()
+    check = demo.report_generation()
+    demo.stage("summary")
+    summary = demo.summary(time.perf_counter() - start, check)
+    print("SYNTHETIC DATA: these numbers show that the pipeline learns; they are not results on real radiographs.\n")
+    print("Mean test AUC (means over data seeds; learning rate chosen on validation per arm):\n")
+    print(format_table(summary))
+    recall = summary["retrieval_recall_at_5"]
+    print(f"\nPre-training image-to-report recall@5 on the {check['validation_studies']} validation studies: "
+          f"{'n/a' if recall is None else f'{recall:.3f}'} (chance {check['retrieval_chance_at_5']:.3f})")
+    print(f"\nGenerated report for {check['study']}:\n  {check['generated_report']}\nTrue report:\n  {check['true_report']}")
+    print(f"\nTables and ROC figures: {demo.path('results')}\nEvery command: {demo.path('commands.sh')}\n"
+          f"Summary: {demo.path('summary.json')}\nTotal time: {summary['seconds']:.0f} s")
+    return summary

@@ -1,0 +1,337 @@
+"""A grid of fine-tuning and testing runs, run as the real commands (``refers sweep``).
+
+A sweep file (YAML, see ``configs/sweep/``) names datasets, label fractions, data seeds,
+initialisations ("arms": REFERS, ImageNet, scratch, ...) and hyper-parameter candidates. For every
+group (dataset, fraction, arm) the sweep
+
+1. trains every candidate for every data seed with ``Fine-tune/<Dataset>/train.py`` (or
+   ``python -m refers finetune``),
+2. picks the candidate with the best mean *validation* AUC over the seeds (the test set is never
+   looked at), so that every arm gets its own learning rate, and
+3. tests that candidate's checkpoints with ``test.py``, which writes the prediction files that
+   ``refers results`` reads.
+
+Runs whose outputs already exist are skipped (and said so); every command is appended to
+``<output_dir>/commands.log`` with its exit status, so any run can be repeated by hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from refers.data.registry import get_dataset
+from refers.paths import project_root
+
+# Keys a sweep file may hold at each level; anything else is a typo and is refused.
+TOP_KEYS = {"name", "workdir", "output_dir", "results_dir", "entry", "launcher", "execution", "seeds",
+            "train", "test", "search", "arms", "datasets"}
+LEVEL_KEYS = {"train", "test", "search", "seeds"}
+DATASET_KEYS = LEVEL_KEYS | {"fractions", "by_fraction"}
+FULL_DATA = 100  # the fraction that is the whole training list: one run (seed 0), no data seed
+
+
+class SweepConfigError(ValueError):
+    """A sweep file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One command of a sweep.
+
+    Attributes:
+        kind: ``"train"`` (fine-tuning) or ``"test"``.
+        dataset: registry name, e.g. ``NIH_ChestX-ray``.
+        percent: label fraction (``--data_volume``).
+        seed: data seed (always 0 at 100%).
+        arm: initialisation name; also the ``--method`` folder of the prediction files.
+        candidate: the hyper-parameters chosen from ``search``, as ``key=value,...`` ("default" if none).
+        args: arguments after the program (the program fixes the dataset).
+        run_dir: the run's folder (checkpoints, logs, the sweep's record).
+    """
+
+    kind: str
+    dataset: str
+    percent: int
+    seed: int
+    arm: str
+    candidate: str
+    args: tuple[str, ...]
+    run_dir: Path
+
+    @property
+    def group(self) -> tuple[str, int, str]:
+        return self.dataset, self.percent, self.arm
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.dataset} {self.percent}% seed {self.seed} {self.arm} [{self.candidate}]"
+
+
+@dataclass
+class SweepConfig:
+    """A parsed sweep file with every path resolved.
+
+    ``train``/``test``/``search`` hold flags in the spelling of ``train.py`` (``learning_rate``,
+    ``freeze_backbone``); ``True`` is a bare flag, ``False``/``None`` leaves the flag out.
+    """
+
+    source: Path
+    name: str
+    workdir: Path
+    output_dir: Path
+    results_dir: Path
+    entry: str = "script"
+    launcher: list[str] = field(default_factory=lambda: [sys.executable])
+    execution: str = "subprocess"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.output_dir / "commands.log"
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SweepConfigError(f"{where} must be a mapping, not {type(value).__name__}")
+    return dict(value)
+
+
+def _check_keys(section: Mapping, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise SweepConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _deep_merge(base: dict, update: Mapping) -> dict:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def read_sweep_file(path: str | os.PathLike, _depth: int = 0) -> dict[str, Any]:
+    """A sweep file as plain data, merged onto the file its ``_BASE_`` key names (relative to it).
+
+    Raises:
+        FileNotFoundError: the file (or a base) does not exist.
+        SweepConfigError: not YAML, not a mapping, or a ``_BASE_`` chain deeper than 10 (a cycle).
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"sweep file not found: {source}")
+    if _depth > 10:
+        raise SweepConfigError(f"{source}: _BASE_ chain deeper than 10 files (a cycle?)")
+    try:
+        raw = _mapping(yaml.safe_load(source.read_text(encoding="utf-8")), str(source))
+    except yaml.YAMLError as error:
+        raise SweepConfigError(f"{source}: not valid YAML: {error}") from None
+    base = raw.pop("_BASE_", None)
+    if base is None:
+        return raw
+    return _deep_merge(read_sweep_file(source.parent / str(base), _depth + 1), raw)
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+    """Read and check a sweep file.
+
+    Relative paths (``workdir``, ``output_dir``, ``results_dir``) resolve from the project root, as
+    every other default of the project does; commands run in ``workdir`` (default: the project root),
+    so relative paths inside flags are relative to it too.
+
+    Args:
+        path: the YAML file.
+        overrides: top-level keys that replace the file's (e.g. ``{"output_dir": ...}`` from the CLI).
+
+    Raises:
+        FileNotFoundError: no such file.
+        SweepConfigError: a malformed or unknown key, an unknown dataset, an empty grid.
+    """
+    source = Path(path)
+    raw = read_sweep_file(source)
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    _check_keys(raw, TOP_KEYS, str(source))
+    root = project_root()
+
+    def resolve(key: str, default: str) -> Path:
+        return (root / Path(str(raw.get(key, default))).expanduser()).resolve()
+
+    entry = raw.get("entry", "script")
+    execution = raw.get("execution", "subprocess")
+    if entry not in ("script", "module"):
+        raise SweepConfigError(f"{source}: entry must be 'script' or 'module', not {entry!r}")
+    if execution not in ("subprocess", "in-process"):
+        raise SweepConfigError(f"{source}: execution must be 'subprocess' or 'in-process', not {execution!r}")
+    launcher = raw.get("launcher") or [sys.executable]
+    if isinstance(launcher, str):
+        launcher = shlex.split(launcher)
+    launcher = [sys.executable if part == "python" else str(part) for part in launcher]
+    config = SweepConfig(
+        source=source, name=str(raw.get("name", source.stem)), workdir=resolve("workdir", "."),
+        output_dir=resolve("output_dir", f"runs/sweep/{source.stem}"), results_dir=resolve("results_dir", "Results_of_fine-tuning"),
+        entry=entry, launcher=launcher, execution=execution, raw=raw,
+    )
+    if not plan_training(config):
+        raise SweepConfigError(f"{source}: the grid is empty (no datasets, fractions or arms)")
+    return config
+
+
+def flags(values: Mapping[str, Any]) -> list[str]:
+    """``{"learning_rate": 0.01, "freeze_backbone": True, "init": None}`` -> ``--learning_rate 0.01 --freeze_backbone``."""
+    out: list[str] = []
+    for key, value in values.items():
+        if value is None or value is False:
+            continue
+        out.append(f"--{key}")
+        if value is True:
+            continue
+        out.extend(str(v) for v in value) if isinstance(value, (list, tuple)) else out.append(str(value))
+    return out
+
+
+def candidates(search: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The grid of a ``search`` section: ``{"learning_rate": [0.1, 0.01]}`` -> two candidates."""
+    if not search:
+        return [{}]
+    keys = list(search)
+    values = [v if isinstance(v, (list, tuple)) else [v] for v in search.values()]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def candidate_tag(candidate: Mapping[str, Any]) -> str:
+    """A readable, file-name-safe name for a candidate (``learning_rate=0.01,freeze_backbone=True``)."""
+    if not candidate:
+        return "default"
+    return ",".join(f"{k}={v}" for k, v in candidate.items()).replace("/", "-").replace(" ", "")
+
+
+def _levels(config: SweepConfig, dataset: str, percent: int, arm: str) -> list[dict]:
+    """The sections that apply to one group, least specific first (later ones win key by key)."""
+    raw = config.raw
+    where = config.source
+    ds = _mapping(_mapping(raw.get("datasets"), f"{where}: datasets").get(dataset), f"{where}: datasets.{dataset}")
+    by_fraction = {int(k): v for k, v in _mapping(ds.get("by_fraction"), f"{where}: datasets.{dataset}.by_fraction").items()}
+    fraction = _mapping(by_fraction.get(percent), f"{where}: datasets.{dataset}.by_fraction.{percent}")
+    arm_section = _mapping(_mapping(raw.get("arms"), f"{where}: arms").get(arm), f"{where}: arms.{arm}")
+    _check_keys(fraction, LEVEL_KEYS, f"{where}: datasets.{dataset}.by_fraction.{percent}")
+    _check_keys(arm_section, LEVEL_KEYS, f"{where}: arms.{arm}")
+    return [raw, ds, fraction, arm_section]
+
+
+def _merged(levels: Iterable[Mapping], key: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for level in levels:
+        merged.update(_mapping(level.get(key), key))
+    return merged
+
+
+def _seeds(levels: list[dict], percent: int) -> list[int]:
+    if percent >= FULL_DATA:
+        return [0]
+    seeds = [0]
+    for level in levels:
+        seeds = [int(s) for s in level.get("seeds", seeds)]
+    return seeds
+
+
+def groups(config: SweepConfig) -> list[tuple[str, int, str]]:
+    """Every (dataset, percent, arm) of the grid, in file order.
+
+    Raises:
+        SweepConfigError: for an unknown dataset name or a malformed section.
+    """
+    raw = config.raw
+    out = []
+    datasets = _mapping(raw.get("datasets"), f"{config.source}: datasets")
+    arms = list(_mapping(raw.get("arms"), f"{config.source}: arms")) or ["REFERS"]
+    for name, section in datasets.items():
+        try:
+            spec = get_dataset(str(name))
+        except KeyError as error:
+            raise SweepConfigError(f"{config.source}: datasets: {error.args[0]}") from None
+        section = _mapping(section, f"{config.source}: datasets.{name}")
+        _check_keys(section, DATASET_KEYS, f"{config.source}: datasets.{name}")
+        if spec.name != name:  # keep one spelling, so that the sections are found again
+            raise SweepConfigError(f"{config.source}: datasets: write {name!r} as {spec.name!r}")
+        for percent in section.get("fractions", [FULL_DATA]):
+            out.extend((spec.name, int(percent), arm) for arm in arms)
+    return out
+
+
+def _group_dir(config: SweepConfig, dataset: str, percent: int, arm: str) -> Path:
+    return config.output_dir / dataset / f"data{percent}" / arm
+
+
+def _data_args(percent: int, seed: int) -> dict[str, Any]:
+    if percent >= FULL_DATA:
+        return {"data_volume": percent, "seed": seed}
+    return {"data_volume": percent, "data_seed": seed, "seed": seed}
+
+
+def plan_training(config: SweepConfig) -> list[Run]:
+    """Every fine-tuning run of the grid: groups x data seeds x candidates."""
+    runs = []
+    for dataset, percent, arm in groups(config):
+        levels = _levels(config, dataset, percent, arm)
+        train = _merged(levels, "train")
+        for seed in _seeds(levels, percent):
+            for candidate in candidates(_merged(levels, "search")):
+                tag = candidate_tag(candidate)
+                run_dir = _group_dir(config, dataset, percent, arm) / f"seed{seed}" / tag
+                name = f"{get_dataset(dataset).alias}_{percent}_{arm}_s{seed}"
+                values = {**train, **candidate, **_data_args(percent, seed), "name": name,
+                          "output_dir": str(run_dir), "log_dir": str(run_dir / "logs")}
+                runs.append(Run("train", dataset, percent, seed, arm, tag, tuple(flags(values)), run_dir))
+    return runs
+
+
+def train_option(run: Run, option: str) -> str | None:
+    """The value of ``--option`` in a run's arguments (``None`` when absent)."""
+    args = list(run.args)
+    flag = f"--{option}"
+    return args[args.index(flag) + 1] if flag in args and args.index(flag) + 1 < len(args) else None
+
+
+def plan_test(config: SweepConfig, train_run: Run, checkpoint: Path) -> Run:
+    """The ``test.py`` run of a selected fine-tuning run: its prediction files go to ``results_dir``."""
+    levels = _levels(config, train_run.dataset, train_run.percent, train_run.arm)
+    shared = {key: train_option(train_run, key) for key in ("model_type", "img_size", "data_root", "list_dir")}
+    values = {
+        **{k: v for k, v in shared.items() if v is not None},
+        **_merged(levels, "test"),
+        **_data_args(train_run.percent, train_run.seed),
+        "name": train_option(train_run, "name"),
+        "pretrained_dir": str(checkpoint),
+        "method": train_run.arm,
+        "results_dir": str(config.results_dir),
+        "output_dir": str(train_run.run_dir),
+        "log_dir": str(train_run.run_dir / "logs"),
+    }
+    return Run("test", train_run.dataset, train_run.percent, train_run.seed, train_run.arm, train_run.candidate,
+               tuple(flags(values)), train_run.run_dir)
+
+
+def command_line(config: SweepConfig, run: Run) -> list[str]:
+    """The shell command of a run, as it is logged (and run, in subprocess mode, from ``workdir``)."""
+    script = "train.py" if run.kind == "train" else "test.py"
+    if config.entry == "script":
+        return [*config.launcher, str(Path("Fine-tune") / run.dataset / script), *run.args]
+    sub = "finetune" if run.kind == "train" else "test"
+    return [*config.launcher, "-m", "refers", sub, "--dataset", run.dataset, *run.args]
+
+
+def in_process_argv(run: Run) -> list[str]:
+    """The same command as ``refers.cli.main`` arguments (what ``Fine-tune/<Dataset>/*.py`` call)."""
+    return ["finetune" if run.kind == "train" else "test", "--dataset", run.dataset, *run.args]

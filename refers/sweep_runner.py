@@ -1,0 +1,330 @@
+"""Running a sweep's plan (:mod:`refers.sweep`): commands, the command log, selection, skipping.
+
+Three phases: train every candidate of every group and seed (skipping runs already recorded as
+finished), choose each group's candidate on the mean validation AUC over its seeds, and test the
+chosen checkpoints (skipping tests whose prediction files already exist).
+
+Commands run as subprocesses from the sweep's ``workdir`` (``--jobs N`` at a time), or, with
+``execution: in-process``, through ``refers.cli.main.main`` in this process with the same
+arguments. The in-process mode exists because importing torch costs seconds per process, which
+dominates the many short runs of the CPU demo; the logged command is the same either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from refers.data.lists import atomic_write_text
+from refers.sweep import Run, SweepConfig, command_line, in_process_argv, plan_test, plan_training, train_option
+
+RECORD = "sweep_record.json"  # written into a training run's folder once it has finished
+
+
+@dataclass
+class RunResult:
+    """One executed command: its exit status, duration and the file holding its output."""
+
+    run: Run
+    returncode: int
+    seconds: float
+    log_file: Path
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did. ``selected`` maps a group to its chosen candidate and per-candidate scores."""
+
+    trained: list[RunResult] = field(default_factory=list)
+    tested: list[RunResult] = field(default_factory=list)
+    selected: dict[tuple[str, int, str], dict] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+# --- what the fine-tuning commands write -------------------------------------------------------
+
+
+def checkpoint_path(run: Run) -> Path:
+    """The best-validation-AUC checkpoint that ``train.py`` writes (the original's name)."""
+    return Path(train_option(run, "output_dir")) / f"{train_option(run, 'name')}_bestauc_checkpoint.bin"
+
+
+def best_validation_auc(run: Run) -> float | None:
+    """The best mean validation AUC of a finished training run, from its metrics CSV (None if absent)."""
+    log_dir = Path(train_option(run, "log_dir"))
+    best = None
+    for path in sorted(log_dir.glob("*.csv")):
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                value = row.get("val_auc") or row.get("val_mean_auc") or row.get("mean_auc")
+                if value not in (None, "", "nan"):
+                    best = float(value) if best is None else max(best, float(value))
+    return best
+
+
+def result_summary_path(config: SweepConfig, run: Run) -> Path:
+    """The summary that ``test.py`` writes next to the prediction files of a run."""
+    return config.results_dir / run.dataset / f"data{run.percent}" / run.arm / f"seed{run.seed}" / "summary.json"
+
+
+def result_mean_auc(config: SweepConfig, run: Run) -> float | None:
+    path = result_summary_path(config, run)
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    value = summary.get("mean_auc")
+    return None if value is None else float(value)
+
+
+# --- running one command -----------------------------------------------------------------------
+
+
+class Executor:
+    """Runs :class:`Run` commands and appends each to the command log (thread-safe)."""
+
+    def __init__(self, config: SweepConfig, jobs: int = 1, devices: Sequence[str] | None = None):
+        if config.execution == "in-process" and jobs != 1:
+            raise ValueError("in-process execution runs one command at a time; use --jobs 1 or execution: subprocess")
+        self.config = config
+        self.jobs = max(1, jobs)
+        self._lock = threading.Lock()
+        # One device per job slot (CUDA_VISIBLE_DEVICES), so that parallel runs do not share a GPU.
+        self._slots: queue.Queue = queue.Queue()
+        for index in range(self.jobs):
+            self._slots.put(devices[index % len(devices)] if devices else None)
+
+    def shell(self, run: Run) -> str:
+        return f"cd {shlex.quote(str(self.config.workdir))} && {shlex.join(command_line(self.config, run))}"
+
+    def _log(self, text: str) -> None:
+        with self._lock:
+            self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.config.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+
+    def execute(self, run: Run) -> RunResult:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        log_file = run.run_dir / f"{run.kind}.log"
+        device = self._slots.get()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        prefix = f"CUDA_VISIBLE_DEVICES={device} " if device is not None else ""
+        self._log(f"# {stamp} {run.label}\n{prefix}{self.shell(run)}")
+        start = time.perf_counter()
+        try:
+            if self.config.execution == "in-process":
+                code = _run_in_process(in_process_argv(run), self.config.workdir, log_file)
+            else:
+                env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(device)} if device is not None else {})}
+                with log_file.open("w", encoding="utf-8") as handle:
+                    code = subprocess.call(command_line(self.config, run), cwd=self.config.workdir, env=env,
+                                           stdout=handle, stderr=subprocess.STDOUT)
+        finally:
+            self._slots.put(device)
+        seconds = time.perf_counter() - start
+        self._log(f"# exit {code} after {seconds:.1f} s; output in {log_file}")
+        return RunResult(run, code, seconds, log_file)
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+@contextlib.contextmanager
+def _console_logging_to(stream):
+    """Point the root logger's console handlers at ``stream`` for the duration, then back.
+
+    Commands configure logging once per process (``logging.basicConfig``); in-process runs share
+    the process, so a handler made during one run would otherwise keep writing to its closed log.
+    """
+    root = logging.getLogger()
+
+    def console() -> list[logging.StreamHandler]:
+        return [h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+    before = {handler: handler.stream for handler in console()}
+    for handler in before:
+        handler.setStream(stream)
+    try:
+        yield
+    finally:
+        for handler in console():
+            handler.setStream(before.get(handler, sys.stderr))
+
+
+def _run_in_process(argv: list[str], workdir: Path, log_file: Path) -> int:
+    """``refers <argv>`` in this process, its output into ``log_file``; the exit code, never an exception."""
+    from refers.cli.main import main
+
+    with log_file.open("w", encoding="utf-8") as handle, _working_directory(workdir), _console_logging_to(handle), \
+            contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        try:
+            return int(main(argv) or 0)
+        except SystemExit as exit_:  # argparse
+            return exit_.code if isinstance(exit_.code, int) else 1
+        except Exception:  # a bug in a command must not end the sweep without a trace
+            traceback.print_exc(file=handle)
+            return 1
+
+
+# --- the three phases --------------------------------------------------------------------------
+
+
+def _train_done(run: Run) -> bool:
+    return (run.run_dir / RECORD).is_file() and checkpoint_path(run).is_file()
+
+
+def _map(executor: Executor, runs: list[Run], on_done: Callable[[RunResult], None]) -> list[RunResult]:
+    """Execute ``runs`` (``jobs`` at a time) and call ``on_done`` for each as it finishes."""
+    results = []
+    if executor.jobs == 1:
+        for run in runs:
+            results.append(executor.execute(run))
+            on_done(results[-1])
+        return results
+    with ThreadPoolExecutor(max_workers=executor.jobs) as pool:
+        for result in pool.map(executor.execute, runs):
+            results.append(result)
+            on_done(result)
+    return results
+
+
+def select(train_runs: list[Run], scores: dict[Run, float | None]) -> dict[tuple[str, int, str], dict]:
+    """Per group, the candidate with the best mean validation AUC over the group's seeds.
+
+    A candidate missing a score for any seed is not eligible (its mean would not be comparable);
+    ties go to the candidate listed first in the sweep file.
+    """
+    by_group: dict[tuple[str, int, str], dict[str, list[float | None]]] = {}
+    for run in train_runs:
+        by_group.setdefault(run.group, {}).setdefault(run.candidate, []).append(scores.get(run))
+    selected = {}
+    for group, table in by_group.items():
+        means = {c: (sum(v) / len(v) if all(x is not None for x in v) else None) for c, v in table.items()}
+        eligible = [c for c, m in means.items() if m is not None]
+        if len(table) == 1 and not eligible:  # nothing to choose: a single candidate needs no score
+            eligible = list(table)
+        best = max(eligible, key=lambda c: (means[c] if means[c] is not None else 0.0, -list(table).index(c)), default=None)
+        selected[group] = {"candidate": best, "mean_val_auc": means}
+    return selected
+
+
+def run_sweep(config: SweepConfig, *, jobs: int = 1, devices: Sequence[str] | None = None, dry_run: bool = False,
+              print_fn: Callable[[str], None] = print) -> SweepOutcome:
+    """Train, select and test the whole grid of ``config``.
+
+    Args:
+        config: a loaded sweep file.
+        jobs: commands at a time (subprocess execution only).
+        devices: GPU ids handed to the job slots as ``CUDA_VISIBLE_DEVICES``.
+        dry_run: only print the commands (and which would be skipped).
+        print_fn: where progress lines go.
+
+    Returns:
+        What ran, what was selected, and the failures (empty when all went well).
+    """
+    executor = Executor(config, jobs, devices)
+    train_runs = plan_training(config)
+    outcome = SweepOutcome()
+    if dry_run:
+        _print_plan(config, train_runs, print_fn)
+        return outcome
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    todo = [run for run in train_runs if not _train_done(run)]
+    if len(todo) < len(train_runs):
+        print_fn(f"sweep: reusing {len(train_runs) - len(todo)} finished training run(s) under {config.output_dir}")
+    scores = {run: _recorded_score(run) for run in train_runs if run not in todo}
+    counter = iter(range(1, len(todo) + 1))
+
+    def after_train(result: RunResult) -> None:
+        run = result.run
+        if result.returncode != 0 or not checkpoint_path(run).is_file():
+            outcome.failures.append(f"{run.label}: exit {result.returncode}, see {result.log_file}")
+            print_fn(f"[train {next(counter)}/{len(todo)}] {run.label}: FAILED (exit {result.returncode}), see {result.log_file}")
+            return
+        score = best_validation_auc(run)
+        scores[run] = score
+        record = {"command": executor.shell(run), "seconds": round(result.seconds, 2), "best_val_auc": score,
+                  "checkpoint": str(checkpoint_path(run))}
+        atomic_write_text(run.run_dir / RECORD, json.dumps(record, indent=2) + "\n")
+        shown = "n/a" if score is None else f"{score:.4f}"
+        print_fn(f"[train {next(counter)}/{len(todo)}] {run.label}: val AUC {shown} ({result.seconds:.1f} s)")
+
+    outcome.trained = _map(executor, todo, after_train)
+    outcome.selected = select(train_runs, scores)
+    _write_selection(config, outcome.selected)
+    tests = [plan_test(config, run, checkpoint_path(run)) for run in train_runs
+             if run.candidate == outcome.selected[run.group]["candidate"] and checkpoint_path(run).is_file()]
+    for group, choice in outcome.selected.items():
+        if choice["candidate"] is None:
+            outcome.failures.append(f"{group[0]} {group[1]}% {group[2]}: no candidate finished on every seed")
+    pending = [run for run in tests if not result_summary_path(config, run).is_file()]
+    if len(pending) < len(tests):
+        print_fn(f"sweep: {len(tests) - len(pending)} test result(s) already exist under {config.results_dir}; not re-run")
+    counter_test = iter(range(1, len(pending) + 1))
+
+    def after_test(result: RunResult) -> None:
+        run = result.run
+        auc = result_mean_auc(config, run) if result.returncode == 0 else None
+        if result.returncode != 0 or auc is None:
+            outcome.failures.append(f"{run.label}: exit {result.returncode}, see {result.log_file}")
+            print_fn(f"[test {next(counter_test)}/{len(pending)}] {run.label}: FAILED (exit {result.returncode}), see {result.log_file}")
+            return
+        print_fn(f"[test {next(counter_test)}/{len(pending)}] {run.label}: test AUC {auc:.4f} ({result.seconds:.1f} s)")
+
+    outcome.tested = _map(executor, pending, after_test)
+    return outcome
+
+
+def _recorded_score(run: Run) -> float | None:
+    value = json.loads((run.run_dir / RECORD).read_text(encoding="utf-8")).get("best_val_auc")
+    return None if value is None else float(value)
+
+
+def _write_selection(config: SweepConfig, selected: dict) -> None:
+    rows = [{"dataset": d, "percent": p, "arm": a, **choice} for (d, p, a), choice in selected.items()]
+    atomic_write_text(config.output_dir / "selection.json", json.dumps(rows, indent=2) + "\n")
+
+
+def _print_plan(config: SweepConfig, train_runs: list[Run], print_fn: Callable[[str], None]) -> None:
+    """The commands a sweep would run; finished ones are shown commented out."""
+    print_fn(f"# sweep {config.name}: {len(train_runs)} fine-tuning run(s), run from {config.workdir}")
+    for run in train_runs:
+        mark = "# done: " if _train_done(run) else ""
+        print_fn(f"{mark}{shlex.join(command_line(config, run))}")
+    choices: dict[tuple[str, int, str], set[str]] = {}
+    for run in train_runs:
+        choices.setdefault(run.group, set()).add(run.candidate)
+    print_fn("# then test.py on each group's checkpoints with the best mean validation AUC"
+             " (<SELECTED>: the chosen candidate's folder)")
+    seen = set()
+    for run in train_runs:
+        if (run.group, run.seed) in seen:
+            continue
+        seen.add((run.group, run.seed))
+        if len(choices[run.group]) > 1:
+            chosen_dir = run.run_dir.parent / "<SELECTED>"
+            args = tuple(a.replace(str(run.run_dir), str(chosen_dir)) for a in run.args)
+            run = Run(run.kind, run.dataset, run.percent, run.seed, run.arm, "<SELECTED>", args, chosen_dir)
+        test = plan_test(config, run, checkpoint_path(run))
+        mark = "# done: " if result_summary_path(config, test).is_file() else ""
+        print_fn(f"{mark}{shlex.join(command_line(config, test))}")

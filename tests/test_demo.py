@@ -1,0 +1,126 @@
+"""`refers demo --quick`: the whole pipeline, reduced, end to end; every stage's outputs checked.
+
+One real run (a few hundred synthetic studies, a few steps per stage) shared by the checks below.
+The AUCs of summary.json are recomputed here from the prediction files with scikit-learn.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from refers.cli.demo import main
+from refers.data.lists import read_list
+from refers.demo import MARKER, Demo, load_profile
+from refers.engine.checkpoint_io import safe_load
+
+DATASETS = ("MIMIC-CXR", "NIH_ChestX-ray", "VinBigData_Chest_X-ray", "Shenzhen_Tuberculosis", "COVID-19_Image_Data_Collection")
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert main(["--quick", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def mean_auc_from_files(folder: Path) -> float:
+    aucs = []
+    for path in sorted(folder.glob("*.txt")):
+        if path.name in ("SYNTHETIC.txt", "summary.txt"):
+            continue
+        rows = np.loadtxt(path, ndmin=2)
+        labels, probs = rows[:, 0], rows[:, 1]
+        assert ((probs >= 0) & (probs <= 1)).all()
+        if 0 < labels.sum() < len(labels):
+            aucs.append(roc_auc_score(labels, probs))
+    return float(np.mean(aucs))
+
+
+def test_data_stages(demo_out):
+    for name in DATASETS:
+        assert (demo_out / "Data" / name / "SYNTHETIC.txt").is_file()
+    mimic = demo_out / "DataProcessed" / "MIMIC"
+    for split in ("train", "val"):
+        assert (mimic / f"{split}_img_caption_patients.txt").stat().st_size > 0
+        assert (mimic / f"{split}_studies.jsonl").stat().st_size > 0
+    nih = demo_out / "DataProcessed" / "NIH_ChestX-ray"
+    train = read_list(nih / "train.txt", 14)
+    for seed in (0, 1):
+        subset = read_list(nih / f"train_10_seed{seed}.txt", 14)
+        assert 0 < len(subset) < len(train) and set(subset.paths) <= set(train.paths)
+
+
+def test_pretraining_and_export(demo_out):
+    assert (demo_out / "tokenizer" / "reports_bpe.model").is_file()
+    assert list((demo_out / "pretrain" / "REFERS").glob("checkpoint_*.pth"))
+    encoder = safe_load(demo_out / "checkpoints" / "REFERS" / "refers_checkpoint.pth")
+    assert "transformer.embeddings.position_embeddings" in encoder
+    assert "transformer.encoder.layer.0.attn.query.weight" in encoder
+    assert (demo_out / "generated_report.txt").read_text().strip()
+
+
+def test_finetuning_predictions_and_summary(demo_out):
+    summary = json.loads((demo_out / "summary.json").read_text())
+    assert summary["synthetic"] is True and summary["seconds"] > 0
+    assert 0.0 <= summary["retrieval_recall_at_5"] <= 1.0
+    assert set(summary["auc"]) == {"NIH_ChestX-ray", "Shenzhen_Tuberculosis"}
+    assert set(summary["auc"]["NIH_ChestX-ray"]) == {"10"}
+    results = demo_out / "Results_of_fine-tuning"
+    test_lines = len(read_list(demo_out / "DataProcessed" / "NIH_ChestX-ray" / "test.txt", 14))
+    for dataset, fractions in summary["auc"].items():
+        for percent, arms in fractions.items():
+            assert set(arms) == {"REFERS", "scratch"}
+            for arm, value in arms.items():
+                seeds = sorted((results / dataset / f"data{percent}" / arm).glob("seed*"))
+                assert len(seeds) == (2 if dataset == "NIH_ChestX-ray" else 1)
+                expected = np.mean([mean_auc_from_files(folder) for folder in seeds])
+                assert value == pytest.approx(expected, abs=1e-5)
+                if dataset == "NIH_ChestX-ray":
+                    assert len((seeds[0] / "Atelectasis.txt").read_text().splitlines()) == test_lines
+    # the learning rate was chosen per arm among the sweep's candidates, on validation
+    selection = json.loads((demo_out / "finetune" / "selection.json").read_text())
+    nih = [s for s in selection if s["dataset"] == "NIH_ChestX-ray"]
+    assert {s["arm"] for s in nih} == {"REFERS", "scratch"}
+    assert all(len(s["mean_val_auc"]) == 2 and s["candidate"] in s["mean_val_auc"] for s in nih)
+
+
+def test_results_and_command_log(demo_out):
+    with (demo_out / "results" / "mean_auc.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["method"] for r in rows} == {"REFERS", "scratch"}
+    assert list((demo_out / "results" / "figures").glob("roc_*.png"))
+    commands = (demo_out / "commands.sh").read_text()
+    for needle in ("refers synth", "refers prepare mimic", "refers prepare fractions", "refers tokenizer train",
+                   "Pre-train/pretrain_refers.py", "refers export", "refers sweep", "refers results", "refers generate"):
+        assert needle in commands, needle
+    assert subprocess.run(["sh", "-n", str(demo_out / "commands.sh")]).returncode == 0
+    sweep_log = (demo_out / "finetune" / "commands.log").read_text()
+    assert "Fine-tune/NIH_ChestX-ray/train.py" in sweep_log and "Fine-tune/NIH_ChestX-ray/test.py" in sweep_log
+    assert (demo_out / MARKER).is_file()
+
+
+def test_output_folder_rules(tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    assert main(["--quick", "--out", str(foreign)]) == 1
+    assert "not a demo output folder" in capsys.readouterr().err
+    assert (foreign / "thesis.tex").read_text() == "precious"
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / MARKER).write_text("demo")
+    (earlier / "stale.txt").write_text("old")
+    Demo(earlier, load_profile("quick")).start_clean()
+    assert not (earlier / "stale.txt").exists() and (earlier / MARKER).is_file()
+    assert "removing the previous demo output" in capsys.readouterr().out
+
+    assert main(["--quick", "--full"]) == 2
+    assert main(["--studies", "3"]) == 2

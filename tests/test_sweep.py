@@ -1,0 +1,295 @@
+"""`refers sweep`: the grid, flag precedence, dry run, selection on validation, skipping, the command log.
+
+The fine-tuning commands are replaced here by a fake that writes what `train.py`/`test.py` write
+(a checkpoint, a metrics CSV, prediction summaries); tests/test_demo.py drives the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from refers import sweep_runner
+from refers.cli.sweep import main
+from refers.sweep import SweepConfigError, candidates, flags, load_config, plan_training
+from refers.sweep_runner import best_validation_auc, checkpoint_path, select, result_summary_path
+
+GRID = {
+    "name": "t",
+    "seeds": [0, 1, 2],
+    "train": {"model_type": "ViT-nano_8", "num_steps": 7, "fp16": False},
+    "test": {"eval_batch_size": 9},
+    "search": {"learning_rate": [0.1, 0.01]},
+    "arms": {"REFERS": {"train": {"pretrained_dir": "enc.pth"}},
+             "scratch": {"train": {"init": "scratch"}, "search": {"learning_rate": [0.3, 0.1, 0.01]}}},
+    "datasets": {
+        "NIH_ChestX-ray": {"fractions": [1, 100], "train": {"num_steps": 11},
+                           "by_fraction": {1: {"train": {"freeze_backbone": True}, "seeds": [0, 1]}}},
+        "Shenzhen_Tuberculosis": {},
+    },
+}
+
+
+def write_grid(tmp_path: Path, grid: dict = GRID, **top) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({**grid, "output_dir": str(tmp_path / "runs"),
+                                    "results_dir": str(tmp_path / "results"), **top}), encoding="utf-8")
+    return path
+
+
+def option(args: tuple[str, ...], name: str) -> str | None:
+    args = list(args)
+    return args[args.index(f"--{name}") + 1] if f"--{name}" in args else None
+
+
+def test_flags_and_candidates():
+    assert flags({"learning_rate": 0.01, "freeze_backbone": True, "fp16": False, "init": None, "x": [1, 2]}) == \
+        ["--learning_rate", "0.01", "--freeze_backbone", "--x", "1", "2"]
+    assert candidates({"a": [1, 2], "b": [True, False]}) == [
+        {"a": 1, "b": True}, {"a": 1, "b": False}, {"a": 2, "b": True}, {"a": 2, "b": False}]
+    assert candidates({}) == [{}]
+
+
+def test_grid_size_and_precedence(tmp_path):
+    runs = plan_training(load_config(write_grid(tmp_path)))
+    # NIH 1%: 2 seeds (fraction level), NIH 100% and Shenzhen 100%: one run; REFERS 2 rates, scratch 3.
+    assert len(runs) == (2 + 1 + 1) * (2 + 3)
+    nih1 = [r for r in runs if r.dataset == "NIH_ChestX-ray" and r.percent == 1]
+    assert {r.seed for r in nih1} == {0, 1}
+    for run in runs:
+        assert option(run.args, "model_type") == "ViT-nano_8"
+        assert "--fp16" not in run.args
+        # the dataset's num_steps wins over the top level, for that dataset only
+        assert option(run.args, "num_steps") == ("11" if run.dataset == "NIH_ChestX-ray" else "7")
+        assert ("--freeze_backbone" in run.args) == (run.percent == 1)
+        assert option(run.args, "data_volume") == str(run.percent)
+        assert option(run.args, "data_seed") == (None if run.percent == 100 else str(run.seed))
+        assert option(run.args, "seed") == str(run.seed)
+        assert Path(option(run.args, "output_dir")) == run.run_dir
+        if run.arm == "REFERS":
+            assert option(run.args, "pretrained_dir") == "enc.pth" and option(run.args, "init") is None
+        else:
+            assert option(run.args, "init") == "scratch"
+    assert sorted({option(r.args, "learning_rate") for r in runs if r.arm == "scratch"}) == ["0.01", "0.1", "0.3"]
+    assert len({r.run_dir for r in runs}) == len(runs)  # no two runs share a folder
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bogus": 1}, "unknown key(s) bogus"),
+    ({"datasets": {"Nowhere": {}}}, "unknown dataset 'Nowhere'"),
+    ({"datasets": {"nih": {}}}, "write 'nih' as 'NIH_ChestX-ray'"),
+    ({"datasets": {"NIH_ChestX-ray": {"fraction": [1]}}}, "unknown key(s) fraction"),
+    ({"entry": "other"}, "entry must be"),
+    ({"datasets": {}}, "the grid is empty"),
+])
+def test_bad_sweep_files_are_usage_errors(tmp_path, capsys, change, message):
+    assert main([str(write_grid(tmp_path, {**GRID, **change})), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_file_and_bad_jobs(tmp_path, capsys):
+    assert main([str(tmp_path / "none.yaml")]) == 1
+    assert "sweep file not found" in capsys.readouterr().err
+    assert main([str(write_grid(tmp_path)), "--jobs", "0"]) == 2
+    assert main([str(write_grid(tmp_path)), "--jobs", "2", "--in-process"]) == 2
+
+
+def test_base_file_is_merged(tmp_path):
+    base = write_grid(tmp_path)
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"_BASE_": base.name, "arms": {"shuffled": {"train": {"pretrained_dir": "s.pth"}}}}))
+    runs = plan_training(load_config(child))
+    assert {r.arm for r in runs} == {"REFERS", "scratch", "shuffled"}
+    assert {option(r.args, "model_type") for r in runs} == {"ViT-nano_8"}
+
+
+# --- running, with a fake train.py / test.py -----------------------------------------------------
+
+# Validation AUC the fake reports: depends on the arm, the learning rate and the seed, so that the
+# test knows which rate must win (mean over seeds, not one lucky seed).
+def fake_val_auc(arm: str, lr: float, seed: int) -> float:
+    table = {("REFERS", 0.1): [0.70, 0.70], ("REFERS", 0.01): [0.90, 0.60],  # mean 0.70 vs 0.75
+             ("scratch", 0.3): [0.5, 0.5], ("scratch", 0.1): [0.6, 0.62], ("scratch", 0.01): [0.61, 0.55]}
+    return table[(arm, lr)][seed % 2]
+
+
+def fake_command(calls: list[list[str]], fail: set[str] = frozenset()):
+    """A stand-in for `refers finetune` / `refers test` run in-process."""
+
+    def run(argv, workdir, log_file):
+        calls.append(list(argv))
+        args = tuple(argv)
+        name = option(args, "name")
+        if any(f in name + str(option(args, "learning_rate")) for f in fail):
+            log_file.write_text("boom\n")
+            return 1
+        if argv[0] == "finetune":
+            out, logs = Path(option(args, "output_dir")), Path(option(args, "log_dir"))
+            out.mkdir(parents=True, exist_ok=True)
+            logs.mkdir(parents=True, exist_ok=True)
+            (out / f"{name}_bestauc_checkpoint.bin").write_bytes(b"weights")
+            auc = fake_val_auc(name.split("_")[2], float(option(args, "learning_rate")), int(option(args, "seed")))
+            (logs / "metrics.csv").write_text(f"step,val_loss,val_auc\n1,0.9,{auc - 0.1}\n2,0.8,{auc}\n")
+        else:
+            dataset = argv[2]
+            folder = Path(option(args, "results_dir")) / dataset / f"data{option(args, 'data_volume')}" / option(args, "method") / f"seed{option(args, 'seed')}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "summary.json").write_text(json.dumps({"mean_auc": 0.5, "checkpoint": option(args, "pretrained_dir")}))
+        return 0
+
+    return run
+
+
+def small_grid(tmp_path: Path) -> Path:
+    grid = {**GRID, "datasets": {"NIH_ChestX-ray": {"fractions": [1], "by_fraction": {1: {"seeds": [0, 1]}}}}}
+    return write_grid(tmp_path, grid, execution="in-process")
+
+
+def test_sweep_selects_on_mean_validation_auc_and_tests_only_the_choice(tmp_path, monkeypatch, capsys):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command(calls))
+    path = small_grid(tmp_path)
+    assert main([str(path)]) == 0
+    trains = [c for c in calls if c[0] == "finetune"]
+    tests = [c for c in calls if c[0] == "test"]
+    assert len(trains) == 2 * (2 + 3) and len(tests) == 2 * 2
+    chosen = {(option(tuple(c), "method"), option(tuple(c), "seed")): option(tuple(c), "pretrained_dir") for c in tests}
+    for seed in ("0", "1"):
+        assert "learning_rate=0.01" in chosen[("REFERS", seed)]  # mean 0.75 beats 0.70
+        assert "learning_rate=0.1" in chosen[("scratch", seed)]  # mean 0.61 beats 0.58 and 0.5
+    selection = json.loads((tmp_path / "runs" / "selection.json").read_text())
+    refers = next(s for s in selection if s["arm"] == "REFERS")
+    assert refers["mean_val_auc"]["learning_rate=0.01"] == pytest.approx(0.75)
+    # every command is in the log, as a shell line that names the real script
+    log = (tmp_path / "runs" / "commands.log").read_text()
+    lines = [line for line in log.splitlines() if "Fine-tune/NIH_ChestX-ray/" in line]
+    assert len(lines) == len(calls)
+    assert sum("train.py" in line for line in lines) == len(trains)
+    assert "# exit 0" in log
+    first = shlex.split(lines[0].split("&& ", 1)[1])
+    assert first[1:] == ["Fine-tune/NIH_ChestX-ray/train.py", *calls[0][3:]]
+
+    # A second run reuses everything and says so.
+    calls.clear()
+    assert main([str(path)]) == 0
+    assert calls == []
+    out = capsys.readouterr().out
+    assert "reusing 10 finished training run(s)" in out and "4 test result(s) already exist" in out
+
+
+def test_failed_runs_are_reported_and_excluded(tmp_path, monkeypatch, capsys):
+    calls: list[list[str]] = []
+    # REFERS seed 1 at lr 0.01 fails: that rate has no score for every seed, so 0.1 is chosen.
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command(calls, fail={"REFERS_s10.01"}))
+    assert main([str(small_grid(tmp_path))]) == 1
+    err = capsys.readouterr().err
+    assert "1 run(s) failed" in err and "REFERS" in err
+    tests = [c for c in calls if c[0] == "test" and option(tuple(c), "method") == "REFERS"]
+    assert all("learning_rate=0.1" in option(tuple(c), "pretrained_dir") for c in tests) and len(tests) == 2
+
+
+def test_select_rules():
+    class R:  # the fields select() reads
+        def __init__(self, group, candidate):
+            self.group, self.candidate = group, candidate
+
+    a0, a1, b0, b1 = R(("D", 1, "X"), "a"), R(("D", 1, "X"), "a"), R(("D", 1, "X"), "b"), R(("D", 1, "X"), "b")
+    chosen = select([a0, a1, b0, b1], {a0: 0.6, a1: 0.6, b0: 0.6, b1: 0.6})
+    assert chosen[("D", 1, "X")]["candidate"] == "a"  # tie: first listed
+    chosen = select([a0, a1, b0, b1], {a0: 0.9, a1: None, b0: 0.6, b1: 0.6})
+    assert chosen[("D", 1, "X")]["candidate"] == "b"  # a lacks a seed
+    assert select([a0, a1], {a0: None, a1: None})[("D", 1, "X")]["candidate"] == "a"  # single candidate
+
+
+def test_dry_run_prints_every_command_and_marks_finished_ones(tmp_path, monkeypatch, capsys):
+    path = small_grid(tmp_path)
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    commands = [line for line in out if not line.startswith("#")]
+    assert sum("train.py" in line for line in commands) == 10
+    assert sum("test.py" in line and "<SELECTED>" in line for line in commands) == 4
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command([]))
+    assert main([str(path)]) == 0
+    capsys.readouterr()
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("# done: ") and "train.py" in line for line in out) == 10
+
+
+def test_output_readers(tmp_path):
+    runs = plan_training(load_config(small_grid(tmp_path)))
+    run = runs[0]
+    logs = Path(option(run.args, "log_dir"))
+    logs.mkdir(parents=True)
+    assert best_validation_auc(run) is None
+    (logs / "metrics.csv").write_text("step,val_auc\n1,0.61\n2,\n3,0.72\n4,0.70\n")
+    assert best_validation_auc(run) == pytest.approx(0.72)
+    assert checkpoint_path(run).name == f"{option(run.args, 'name')}_bestauc_checkpoint.bin"
+    assert result_summary_path(load_config(small_grid(tmp_path)), run).parts[-5:-1] == ("NIH_ChestX-ray", "data1", "REFERS", "seed0")
+
+
+def test_subprocess_execution_runs_the_command_from_workdir(tmp_path):
+    # A real subprocess: a launcher that records its arguments instead of training.
+    recorder = tmp_path / "rec.py"
+    recorder.write_text("import sys, pathlib; pathlib.Path('argv.txt').write_text(' '.join(sys.argv[1:])); sys.exit(3)\n")
+    path = write_grid(tmp_path, {**GRID, "datasets": {"Shenzhen_Tuberculosis": {}}, "arms": {"scratch": {"train": {"init": "scratch"}}},
+                                 "search": {}}, launcher=["python", str(recorder)], workdir=str(tmp_path))
+    config = load_config(path)
+    outcome = sweep_runner.run_sweep(config, print_fn=lambda line: None)
+    assert len(outcome.failures) == 1 and "exit 3" in outcome.failures[0]
+    assert (tmp_path / "argv.txt").read_text().startswith("Fine-tune/Shenzhen_Tuberculosis/train.py --model_type ViT-nano_8")
+    assert "exit 3" in config.log_path.read_text()
+
+
+def test_in_process_runs_each_log_to_their_own_file(tmp_path, monkeypatch):
+    # A command that configures logging on first use, as the fine-tuning CLI does: the second
+    # in-process run must log into its own file, not into the first run's closed one.
+    import logging
+    import sys
+    import types
+
+    from refers.cli.main import COMMANDS
+
+    module = types.ModuleType("fake_logging_command")
+
+    def fake_main(argv):
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        logging.getLogger("refers.fake").info("hello from %s", argv[0])
+        return 0
+
+    module.main = fake_main
+    monkeypatch.setitem(sys.modules, "fake_logging_command", module)
+    monkeypatch.setitem(COMMANDS, "fakelog", ("fake_logging_command", "test"))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    for name in ("first", "second"):
+        assert sweep_runner._run_in_process(["fakelog", name], tmp_path, tmp_path / f"{name}.log") == 0
+    # Other tests may have configured a formatter on the "refers" logger: check content, not format.
+    first, second = (tmp_path / "first.log").read_text(), (tmp_path / "second.log").read_text()
+    assert first.rstrip().endswith("hello from first") and "second" not in first
+    assert second.rstrip().endswith("hello from second") and "first" not in second
+    assert all(h.stream is sys.stderr for h in root.handlers)
+
+
+def test_parallel_jobs_get_their_own_device(tmp_path):
+    # Two subprocesses at a time, each job slot with its own CUDA_VISIBLE_DEVICES.
+    recorder = tmp_path / "rec.py"
+    recorder.write_text("import os, sys, pathlib\n"
+                        "pathlib.Path(f'{os.getpid()}.rec').write_text(os.environ.get('CUDA_VISIBLE_DEVICES', '-') + ' ' + sys.argv[-1])\n")
+    grid = {**GRID, "datasets": {"Shenzhen_Tuberculosis": {}}, "arms": {"scratch": {"train": {"init": "scratch"}}},
+            "search": {"learning_rate": [0.1, 0.01, 0.001, 0.0001]}}
+    config = load_config(write_grid(tmp_path, grid, launcher=["python", str(recorder)], workdir=str(tmp_path)))
+    outcome = sweep_runner.run_sweep(config, jobs=2, devices=["0", "1"], print_fn=lambda line: None)
+    records = [p.read_text().split() for p in tmp_path.glob("*.rec")]
+    assert len(records) == 4 and {device for device, _ in records} <= {"0", "1"}
+    # the recorder writes no checkpoint: four failed runs, and no candidate to test
+    assert len(outcome.failures) == 5 and "Shenzhen_Tuberculosis 100% scratch: no candidate finished" in outcome.failures[-1]
+    assert config.log_path.read_text().count("CUDA_VISIBLE_DEVICES=") == 4
