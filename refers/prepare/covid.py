@@ -15,12 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.data.lists import write_list
 from refers.prepare.common import (
     PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv,
     stamp_synthetic, synthetic_marker, write_dataset_yaml,
 )
-from refers.prepare.splits import SPLITS, assignment_from_lists, group_split
+from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, write_split_lists
 
 METADATA = "metadata.csv"
 IMAGES = "images"
@@ -98,13 +97,10 @@ def prepare_covid(
     else:
         raise PrepareError(f"unknown --split {split!r} for covid (original or patient)")
 
-    written, counts = [], {}
-    for k, name in enumerate(SPLITS):
-        chosen = np.flatnonzero(assignment == k)
-        written.append(write_list(out / f"{name}.txt", [names[i] for i in chosen], labels[chosen], style="int"))
-        counts[name] = {"images": int(len(chosen)), "covid": int(covid[chosen].sum()),
-                        "patients": len({patients[i] for i in chosen})}
-        summary.add(name, int(len(chosen)))
+    written, counts = write_split_lists(
+        out, names, labels, assignment, summary,
+        describe=lambda chosen: {"covid": int(covid[chosen].sum()), "patients": len({patients[i] for i in chosen})},
+    )
 
     marker = synthetic_marker(root)
     stamp_synthetic(out, marker)

@@ -22,7 +22,6 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.data.lists import write_list
 from refers.data.registry import NIH_CLASSES
 from refers.prepare.common import (
     PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv,
@@ -30,7 +29,7 @@ from refers.prepare.common import (
 )
 from refers.prepare.layout import locate_image
 from refers.prepare.resize import ResizeSpec, prepare_images, source_size
-from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, overlaps
+from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, overlaps, write_split_lists
 
 DATA_ENTRY = "Data_Entry_2017.csv"
 NO_FINDING = "No Finding"
@@ -182,14 +181,12 @@ def prepare_nih(
     elif short_side:
         summary.note(f"images are at most {short_side} px on their shorter side already: the lists point to the originals")
 
-    written = []
     label_matrix = np.stack(labels) if labels else np.zeros((0, len(NIH_CLASSES)), dtype=np.float32)
-    counts = {}
-    for k, name in enumerate(SPLITS):
-        chosen = np.flatnonzero(assignment == k)
-        written.append(write_list(out / f"{name}.txt", [on_disk[names[i]] for i in chosen], label_matrix[chosen], style="int"))
-        counts[name] = {"images": int(len(chosen)), "patients": len(by_split[name])}
-        summary.add(f"{name}", int(len(chosen)))
+    # Listed images are all on disk (checked above); the path includes their images_XXX folder.
+    paths = [on_disk.get(name, name) for name in names]
+    written, counts = write_split_lists(out, paths, label_matrix, assignment, summary)
+    for name in SPLITS:
+        counts[name]["patients"] = len(by_split[name])
 
     marker = synthetic_marker(root)
     stamp_synthetic(out, marker)

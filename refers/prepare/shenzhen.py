@@ -16,13 +16,12 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.data.lists import write_list
 from refers.prepare.common import (
     PrepareError, Summary, ensure_new, ensure_separate, made_by, portable_path, stamp_synthetic, synthetic_marker,
     write_dataset_yaml,
 )
 from refers.prepare.layout import PREPARED
-from refers.prepare.splits import SPLITS, assignment_from_lists, group_split
+from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, write_split_lists
 
 NAME = re.compile(r"^CHNCXR_(\d+)_([01])\.png$", re.IGNORECASE)
 
@@ -70,12 +69,9 @@ def prepare_shenzhen(
     else:
         raise PrepareError(f"unknown --split {split!r} for shenzhen (original or patient)")
 
-    written, counts = [], {}
-    for k, name in enumerate(SPLITS):
-        chosen = np.flatnonzero(assignment == k)
-        written.append(write_list(out / f"{name}.txt", [names[i] for i in chosen], labels[chosen], style="int"))
-        counts[name] = {"images": int(len(chosen)), "tuberculosis": int(tb[chosen].sum())}
-        summary.add(name, int(len(chosen)))
+    written, counts = write_split_lists(
+        out, names, labels, assignment, summary, describe=lambda chosen: {"tuberculosis": int(tb[chosen].sum())}
+    )
 
     marker = synthetic_marker(root)
     stamp_synthetic(out, marker)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
-from typing import Hashable, Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from refers.data.lists import find_split_file, read_list
-from refers.prepare.common import PrepareError
+from refers.data.lists import find_split_file, read_list, write_list
+from refers.prepare.common import PrepareError, Summary
 
 SPLITS = ("train", "val", "test")
 
@@ -115,3 +115,35 @@ def assignment_from_lists(
                 raise PrepareError(f"{image_list.source}:{line}: image {name} is already in the {SPLITS[previous]} list")
             assignment[index[name]] = SPLITS.index(split)
     return assignment, sources
+
+
+def write_split_lists(
+    out: Path,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    assignment: np.ndarray,
+    summary: Summary,
+    style: str = "int",
+    describe: Callable[[np.ndarray], dict] = lambda chosen: {},
+) -> tuple[list[Path], dict[str, dict]]:
+    """Write ``train.txt`` / ``val.txt`` / ``test.txt`` from one split assignment.
+
+    Args:
+        out: the list folder.
+        paths: list path of each image, length N.
+        labels: [N, C] label rows.
+        assignment: int [N], index into :data:`SPLITS` (-1: in no list).
+        summary: receives one count per split.
+        style: label style of :func:`refers.data.lists.write_list`.
+        describe: extra per-split counts for ``dataset.yaml``, from the chosen indices.
+
+    Returns:
+        (files written, ``{split: {"images": n, **describe(chosen)}}``).
+    """
+    written, counts = [], {}
+    for k, name in enumerate(SPLITS):
+        chosen = np.flatnonzero(assignment == k)
+        written.append(write_list(out / f"{name}.txt", [paths[i] for i in chosen], labels[chosen], style=style))
+        counts[name] = {"images": int(len(chosen)), **describe(chosen)}
+        summary.add(name, int(len(chosen)))
+    return written, counts

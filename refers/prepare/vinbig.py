@@ -21,14 +21,13 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.data.lists import write_list
 from refers.data.registry import VINBIG_CLASSES
 from refers.prepare.common import (
     PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv,
     stamp_synthetic, synthetic_marker, write_dataset_yaml,
 )
 from refers.prepare.resize import ResizeSpec, prepare_images
-from refers.prepare.splits import SPLITS, group_split
+from refers.prepare.splits import SPLITS, group_split, write_split_lists
 
 TRAIN_CSV = "train.csv"
 NO_FINDING = "no finding"
@@ -93,12 +92,10 @@ def prepare_vinbig(
     keep = np.array([job[0] in done for job in jobs], dtype=bool)
 
     assignment = group_split(images, ratios, seed)
-    written, counts = [], {}
-    for k, name in enumerate(SPLITS):
-        chosen = np.flatnonzero((assignment == k) & keep)
-        written.append(write_list(out / f"{name}.txt", [f"{images[i]}.png" for i in chosen], labels[chosen], style="float"))
-        counts[name] = {"images": int(len(chosen)), "positives": [int(v) for v in labels[chosen].sum(axis=0)]}
-        summary.add(name, int(len(chosen)))
+    written, counts = write_split_lists(
+        out, [f"{image}.png" for image in images], labels, np.where(keep, assignment, -1), summary, style="float",
+        describe=lambda chosen: {"positives": [int(v) for v in labels[chosen].sum(axis=0)]},
+    )
 
     marker = synthetic_marker(root)
     stamp_synthetic(out, marker)
