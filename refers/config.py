@@ -85,6 +85,11 @@ def _schema() -> dict[str, Any]:
                 "PRETRAINED": "Data/pretrained/ViT-B_16.npz",
                 # Dropout after the position embeddings and inside the MLPs (original placement).
                 "DROPOUT": 0.1,
+                # Image vector of the report contrast, per view: "cls" (the original: the CLS token)
+                # or "mean" (mean of the patch tokens). A ViT trained from random weights gives the
+                # same CLS token for every image at first, and the contrast then never leaves chance;
+                # the tiny from-scratch presets use "mean".
+                "CONTRAST_POOLING": "cls",
             },
             "TEXTUAL": {
                 # Report decoder, VirTex notation: L layers, H width, A heads, F feed-forward size.
@@ -412,6 +417,8 @@ def _check(data: Mapping[str, Any]) -> None:
         raise ConfigError("DATA.MAX_CAPTION_LENGTH and DATA.BERT_MAX_LENGTH must be at least 3")
     if not 0.0 <= flat["LOSS.LAMBDA"] <= 1.0:
         raise ConfigError(f"LOSS.LAMBDA must be in [0, 1], got {flat['LOSS.LAMBDA']}")
+    if flat["MODEL.VISUAL.CONTRAST_POOLING"] not in ("cls", "mean"):
+        raise ConfigError(f"MODEL.VISUAL.CONTRAST_POOLING must be 'cls' or 'mean', got {flat['MODEL.VISUAL.CONTRAST_POOLING']!r}")
     if flat["AMP.DTYPE"] not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"AMP.DTYPE must be bfloat16, float16 or float32, got {flat['AMP.DTYPE']!r}")
     if flat["OPTIM.OPTIMIZER_NAME"] not in ("sgd", "adamw"):

@@ -82,6 +82,7 @@ def test_overrides_are_parsed_by_the_type_of_the_default():
         (["DATA.PAD_INDEX", "2"], "distinct"),
         (["AMP.DTYPE", "fp8"], "AMP.DTYPE"),
         (["OPTIM.OPTIMIZER_NAME", "adam"], "sgd or adamw"),
+        (["MODEL.VISUAL.CONTRAST_POOLING", "max"], "CONTRAST_POOLING"),
     ],
 )
 def test_bad_overrides_are_errors_naming_the_key(overrides, message):
@@ -332,6 +333,25 @@ def test_retrieval_vectors_are_normalised(tiny_model):
     torch.testing.assert_close(reports.norm(dim=1), torch.ones(4))
     with pytest.raises(ValueError, match="3 views"):
         tiny_model.encode_images(batch["images"][:, :2])
+
+
+def test_contrast_pooling_picks_the_cls_token_or_the_mean_patch_token():
+    torch.manual_seed(0)
+    model = build_refers_model(load_config(None, TINY + ["MODEL.VISUAL.CONTRAST_POOLING", "mean"])).eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        tokens = model.encode_views(batch["images"])  # [B, V, 1 + P, D]
+        expected_mean = torch.nn.functional.normalize(tokens[:, :, 1:].mean(dim=2).flatten(1), dim=-1)
+        torch.testing.assert_close(model.encode_images(batch["images"]), expected_mean)
+        model.contrast_pooling = "cls"
+        expected_cls = torch.nn.functional.normalize(tokens[:, :, 0].flatten(1), dim=-1)
+        torch.testing.assert_close(model.encode_images(batch["images"]), expected_cls)
+    # The loss uses the same vectors: its contrast term is the ConVIRT loss of them.
+    model.contrast_pooling = "mean"
+    with torch.no_grad():
+        reports = model._report_vectors(batch["bert_input_ids"], batch["bert_attention_mask"])
+        expected = convirt_loss(tokens[:, :, 1:].mean(dim=2).flatten(1), reports, model.tau, model.lam)[0]
+        assert model(batch)["components"]["contrast"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_initial_weights_load_into_the_image_encoder(tmp_path):

@@ -5,7 +5,8 @@ One ViT (shared weights) encodes up to three views of a study. Two tasks train i
 * report generation: each view's patch tokens plus its CLS token are gated across views
   (:class:`~refers.models.fusion.ViewFusion`) into one memory [B, V*P, D] that a small transformer
   decoder (:class:`~refers.models.report_decoder.ReportDecoder`) reads to predict the report;
-* report contrast: the concatenated CLS tokens [B, V*D] are matched against the BERT-encoded report
+* report contrast: the concatenated CLS tokens [B, V*D] (or, with ``MODEL.VISUAL.CONTRAST_POOLING:
+  mean``, each view's mean patch token) are matched against the BERT-encoded report
   (pooler -> Linear(hidden, V*D)) with the ConVIRT loss.
 
 Only ``image_encoder`` is kept for fine-tuning; its state-dict keys are plain timm keys, so the full
@@ -44,6 +45,7 @@ class RefersModel(nn.Module):
         )
         dim = self.image_encoder.embed_dim
         self.fusion = ViewFusion(dim, self.num_views)
+        self.contrast_pooling = cfg.MODEL.VISUAL.CONTRAST_POOLING
         sizes = parse_decoder_name(textual.NAME)
         self.decoder = ReportDecoder(
             vocab_size=data.VOCAB_SIZE,
@@ -83,17 +85,21 @@ class RefersModel(nn.Module):
         tokens = vit_tokens(self.image_encoder, images.flatten(0, 1))
         return tokens.reshape(batch, views, *tokens.shape[1:])
 
-    def _memory_and_cls(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused decoder memory [B, V*P, D] and per-view CLS tokens [B, V, D]."""
+    def _contrast_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image side of the report contrast from [B, V, 1 + P, D] tokens: [B, V*D]."""
+        pooled = tokens[:, :, 0] if self.contrast_pooling == "cls" else tokens[:, :, 1:].mean(dim=2)
+        return pooled.flatten(1)
+
+    def _memory_and_contrast(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused decoder memory [B, V*P, D] and the contrast's image vectors [B, V*D]."""
         tokens = self.encode_views(images)
-        cls = tokens[:, :, 0]
-        patches = tokens[:, :, 1:] + cls.unsqueeze(2)  # P_v = patches + g_v (broadcast)
+        patches = tokens[:, :, 1:] + tokens[:, :, :1]  # P_v = patches + g_v (the view's CLS, broadcast)
         memory, _ = self.fusion(patches)
-        return memory, cls
+        return memory, self._contrast_vectors(tokens)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image vectors for retrieval: concatenated CLS tokens, [B, V*D]."""
-        return F.normalize(self.encode_views(images)[:, :, 0].flatten(1).float(), dim=-1)
+        """L2-normalised image vectors for retrieval (those of the contrast), [B, V*D]."""
+        return F.normalize(self._contrast_vectors(self.encode_views(images)).float(), dim=-1)
 
     # -- report side --------------------------------------------------------------------------
 
@@ -114,14 +120,14 @@ class RefersModel(nn.Module):
             ``{"loss": weighted sum (with gradient), "components": {"caption", "contrast",
             "contrast_i2t", "contrast_t2i"}}`` (components detached, for logging).
         """
-        memory, cls = self._memory_and_cls(batch["images"])
+        memory, image_vec = self._memory_and_contrast(batch["images"])
         ids = batch["caption_ids"]
         mask = batch["caption_mask"].bool()
         logits = self.decoder(memory, ids[:, :-1], mask[:, :-1])
         targets = ids[:, 1:].masked_fill(~mask[:, 1:], self.pad_id)
         caption = caption_loss(logits, targets, self.pad_id)
         text_vec = self._report_vectors(batch["bert_input_ids"], batch["bert_attention_mask"])
-        contrast, i2t, t2i = convirt_loss(cls.flatten(1), text_vec, self.tau, self.lam, self.gather_negatives)
+        contrast, i2t, t2i = convirt_loss(image_vec, text_vec, self.tau, self.lam, self.gather_negatives)
         loss = self.caption_weight * caption + self.contrast_weight * contrast
         components = {"caption": caption, "contrast": contrast, "contrast_i2t": i2t, "contrast_t2i": t2i}
         return {"loss": loss, "components": {k: v.detach() for k, v in components.items()}}
@@ -133,7 +139,7 @@ class RefersModel(nn.Module):
         Returns:
             B lists of decoder token ids without [SOS]/[EOS] (``ReportTokenizer.decode`` them).
         """
-        memory, _ = self._memory_and_cls(images)
+        memory, _ = self._memory_and_contrast(images)
         return self.decoder.generate(memory, max_length=max_length, beam_size=beam_size)
 
 
