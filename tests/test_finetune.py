@@ -183,6 +183,45 @@ def test_non_finite_loss_stops(datasets, tmp_path, monkeypatch, capsys):
     assert "training loss is nan at step 1" in capsys.readouterr().err
 
 
+def test_mean_patch_token_head_is_kept_through_test(datasets, tmp_path):
+    args = common(datasets, "Shenzhen_Tuberculosis", tmp_path)
+    assert finetune_main([*args, "--num_classes", "1", "--init", "scratch", "--num_steps", "2",
+                          "--global_pool", "avg", "--min_crop_area", "0.5"]) == 0
+    checkpoint = tmp_path / "output" / "run_bestauc_checkpoint.bin"
+    meta = json.loads((tmp_path / "output" / "run_bestauc_checkpoint.bin.json").read_text())
+    assert meta["global_pool"] == "avg" and meta["config"]["min_crop_area"] == 0.5
+    assert evaluate_main(["--pretrained_dir", str(checkpoint), "--results_dir", str(tmp_path / "results"), "--num_workers", "0"]) == 0
+    _, probs = read_prediction_file(tmp_path / "results" / "Shenzhen_Tuberculosis" / "data100" / "REFERS" / "seed42" / "Tuberculosis.txt")
+    # Independent forward pass: the head reads the mean of the normalised patch tokens.
+    from refers.models.vit import build_vit
+
+    model = build_vit("ViT-nano_8", 32, num_classes=1).eval()
+    model.load_state_dict(flat_state(checkpoint))
+    lists, data = datasets["Shenzhen_Tuberculosis"]
+    pixels = np.asarray(Image.open(data / "images_001" / "test_00.png").convert("RGB"), dtype=np.float32) / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    x = ((torch.from_numpy(pixels).permute(2, 0, 1) - mean) / std)[None]
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        by_mean = torch.sigmoid(model.head(tokens[:, 1:].mean(dim=1))).item()
+        by_cls = torch.sigmoid(model.head(tokens[:, 0])).item()
+    assert probs[0] == pytest.approx(by_mean, abs=1e-5) and by_mean != pytest.approx(by_cls, abs=1e-4)
+
+
+def test_min_crop_area_bounds_the_random_crop():
+    from refers.data.device_transforms import host_train_transform
+
+    pattern = np.zeros((40, 40), dtype=np.uint8)
+    pattern[:, :10] = 255  # a left-edge stripe: any crop smaller than the image changes the picture
+    image = Image.fromarray(pattern)
+    whole = torch.from_numpy(pattern)[None]
+    torch.manual_seed(0)
+    crops = [host_train_transform(40, min_crop_area=1.0)(image) for _ in range(20)]
+    assert all(torch.equal(c, whole) or torch.equal(c, whole.flip(-1)) for c in crops)
+    small = [host_train_transform(40, min_crop_area=0.1)(image) for _ in range(20)]
+    assert not all(torch.equal(c, whole) or torch.equal(c, whole.flip(-1)) for c in small)
+
+
 def test_bad_inputs_are_clear_errors(datasets, tmp_path, capsys):
     args = common(datasets, "Shenzhen_Tuberculosis", tmp_path)
     assert finetune_main([*args, "--num_classes", "2", "--init", "scratch"]) == 2
@@ -191,6 +230,10 @@ def test_bad_inputs_are_clear_errors(datasets, tmp_path, capsys):
     assert "--init scratch" in capsys.readouterr().err
     assert finetune_main(args) == 2
     assert "--pretrained_dir is required" in capsys.readouterr().err
+    assert finetune_main([*args, "--init", "scratch", "--min_crop_area", "0"]) == 2
+    assert "--min_crop_area must be in (0, 1]" in capsys.readouterr().err
+    assert finetune_main([*args, "--init", "scratch", "--model_type", "resnet18", "--global_pool", "avg"]) == 2
+    assert "--global_pool avg applies to the ViTs" in capsys.readouterr().err
     lists, data = datasets["Shenzhen_Tuberculosis"]
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -24,8 +24,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def host_train_transform(img_size: int):
+def host_train_transform(img_size: int, min_crop_area: float = 0.08):
     """Training geometry of the original (RandomResizedCrop + horizontal flip) on a grey PIL image.
+
+    Args:
+        img_size: output side.
+        min_crop_area: smallest crop, as a fraction of the image area (the original: torchvision's
+            default 0.08; at a few dozen pixels such crops can cut the finding out of the image).
 
     Returns:
         A callable: PIL 'L' image -> uint8 tensor [1, img_size, img_size].
@@ -33,7 +38,7 @@ def host_train_transform(img_size: int):
     from torchvision import transforms
 
     return transforms.Compose([
-        transforms.RandomResizedCrop((img_size, img_size)),
+        transforms.RandomResizedCrop((img_size, img_size), scale=(min_crop_area, 1.0)),
         transforms.RandomHorizontalFlip(),
         transforms.PILToTensor(),
     ])

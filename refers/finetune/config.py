@@ -91,6 +91,11 @@ def build_parser(prog: str, stage: str = "train") -> argparse.ArgumentParser:
     n.add_argument("--init", choices=("pretrained", "scratch"), default="pretrained",
                    help="scratch trains from random weights (explicitly; a missing checkpoint is an error)")
     n.add_argument("--freeze_backbone", action="store_true", help="train the head only (linear probe)")
+    n.add_argument("--min_crop_area", type=float, default=0.08,
+                   help="smallest random training crop, as a fraction of the image area (original: 0.08)")
+    n.add_argument("--global_pool", choices=("token", "avg"), default="token",
+                   help="what a ViT's head reads: the CLS token (original) or the mean patch token (for encoders "
+                        "pre-trained with MODEL.VISUAL.CONTRAST_POOLING mean)")
     n.add_argument("--patience", type=int, default=None, help="early-stopping patience (default: 10 NIH/VinBig, 20 COVID/Shenzhen)")
     n.add_argument("--resume", action="store_true", help="continue the interrupted run <output_dir>/<name>_last.pth")
     n.add_argument("--skip_bad_images", action="store_true", help="skip (and count) missing or unreadable images instead of stopping")
@@ -182,6 +187,8 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise CommandError(f"--eval_every must be >= 1, got {args.eval_every}", exit_code=2)
     if args.img_size is not None and args.img_size < 8:
         raise CommandError(f"--img_size must be >= 8, got {args.img_size}", exit_code=2)
+    if not 0.0 < args.min_crop_area <= 1.0:
+        raise CommandError(f"--min_crop_area must be in (0, 1], got {args.min_crop_area}", exit_code=2)
     if args.warmup_steps < 0 or args.learning_rate <= 0 or args.max_grad_norm <= 0 or args.loss_scale < 0:
         raise CommandError("--warmup_steps and --loss_scale must be >= 0, --learning_rate and --max_grad_norm > 0", exit_code=2)
     if args.fp16 and args.bf16:

@@ -165,14 +165,14 @@ def locate_images(images: ImageList, roots: Sequence[Path], skip_missing: bool) 
     return files, np.asarray(kept, dtype=np.int64)
 
 
-def train_transform(img_size: int):
+def train_transform(img_size: int, min_crop_area: float = 0.08):
     """RandomResizedCrop + horizontal flip (the original's) on the grey image -> uint8 [1, S, S].
 
     The original's ToTensor + ImageNet normalisation to three channels happens on the device
     (:class:`refers.data.device_transforms.DeviceNormalize`, same values): a quarter of the bytes
     through the loader's queues and the host-to-device copy, a third of the resizing work.
     """
-    return host_train_transform(img_size)
+    return host_train_transform(img_size, min_crop_area)
 
 
 def eval_transform(img_size: int):
@@ -234,16 +234,17 @@ def collate_dropping_none(batch: list):
 
 
 def build_dataset(setup: DataSetup, list_file: Path, img_size: int, train: bool, skip_bad: bool,
-                  packed: str | None = None) -> tuple[ListDataset, ImageList]:
+                  packed: str | None = None, min_crop_area: float = 0.08) -> tuple[ListDataset, ImageList]:
     """A :class:`ListDataset` of ``list_file`` (training or evaluation transforms) and the list read;
-    with ``packed`` (a pack folder of ``refers prepare pack``), a dataset of the same items read from it."""
+    with ``packed`` (a pack folder of ``refers prepare pack``), a dataset of the same items read from it.
+    ``min_crop_area`` is the smallest random crop of the training transform."""
     images = read_targets(setup, list_file)
     if len(images) == 0:
         raise CommandError(f"{list_file} holds no images")
     if packed:
         from refers.data.packed_cache import PackError, PackedDataset, PackedImages
 
-        transform = train_transform(img_size) if train else eval_transform(img_size)
+        transform = train_transform(img_size, min_crop_area) if train else eval_transform(img_size)
         try:
             return PackedDataset(PackedImages(packed), images.paths, images.labels, transform), images
         except PackError as error:
@@ -251,7 +252,7 @@ def build_dataset(setup: DataSetup, list_file: Path, img_size: int, train: bool,
     files, kept = locate_images(images, setup.image_roots, skip_bad)
     images = images.subset(kept) if len(kept) != len(images.paths) else images
     where = [f"{images.source}:{line}" for line in images.line_numbers]
-    transform = train_transform(img_size) if train else eval_transform(img_size)
+    transform = train_transform(img_size, min_crop_area) if train else eval_transform(img_size)
     return ListDataset(files, images.labels, transform, img_size, where, skip_bad, replace=train), images
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from refers.cli.common import CommandError
 from refers.data.lists import atomic_write_text
 from refers.engine.checkpoint_io import UnsafeCheckpointError, atomic_torch_save
-from refers.models.vit import VIT_SHAPES, build_vit
+from refers.models.vit import CNN_ALIASES, VIT_SHAPES, build_vit, is_original_vit
 from refers.models.weights import EncoderWeightsNotFound, load_encoder_weights, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -32,9 +32,17 @@ logger = logging.getLogger(__name__)
 METADATA_FORMAT = "refers-finetuned"
 
 
-def build_classifier(model_type: str, img_size: int, num_classes: int) -> nn.Module:
-    """An encoder with a linear head of ``num_classes`` outputs on the CLS token (CNNs: pooled features)."""
+def build_classifier(model_type: str, img_size: int, num_classes: int, global_pool: str = "token") -> nn.Module:
+    """An encoder with a linear head of ``num_classes`` outputs.
+
+    The head of a ViT reads the CLS token (``global_pool="token"``) or the mean patch token
+    (``"avg"``); that of a CNN, its pooled features.
+    """
     try:
+        if is_original_vit(CNN_ALIASES.get(model_type, model_type)):
+            return build_vit(model_type, img_size=img_size, num_classes=num_classes, global_pool=global_pool)
+        if global_pool != "token":
+            raise ValueError(f"--global_pool {global_pool} applies to the ViTs of refers.models.vit, not {model_type}")
         return build_vit(model_type, img_size=img_size, num_classes=num_classes)
     except ValueError as error:
         raise CommandError(str(error), exit_code=2) from None
@@ -158,7 +166,8 @@ def load_finetuned(checkpoint: str | os.PathLike, model_type: str | None, img_si
         raise CommandError(f"cannot tell the architecture of {checkpoint}; pass --model_type and --num_classes")
     if "num_classes" in shapes and shapes["num_classes"] != settings["num_classes"]:
         raise CommandError(f"{checkpoint} has a head of {shapes['num_classes']} outputs, not {settings['num_classes']}")
-    model = build_classifier(settings["model_type"], int(settings["img_size"]), int(settings["num_classes"]))
+    model = build_classifier(settings["model_type"], int(settings["img_size"]), int(settings["num_classes"]),
+                             meta.get("global_pool", "token"))
     try:
         report = load_encoder_weights(model, checkpoint, load_head=True)
     except EncoderWeightsNotFound as error:

@@ -88,7 +88,8 @@ def batch_sizes(args: argparse.Namespace, info: DistInfo) -> tuple[int, int]:
 def metadata(args: argparse.Namespace, setup: DataSetup, img_size: int, step: int, **scores: float) -> dict[str, Any]:
     """Plain-data description of a fine-tuned checkpoint (see :mod:`refers.finetune.model`)."""
     return {"dataset": setup.dataset, "classes": list(setup.classes), "num_classes": setup.num_classes,
-            "model_type": args.model_type, "img_size": img_size, "data_volume": args.data_volume,
+            "model_type": args.model_type, "img_size": img_size, "global_pool": args.global_pool,
+            "data_volume": args.data_volume,
             "data_seed": args.data_seed, "seed": args.seed, "step": step, "synthetic": setup.synthetic,
             **scores, "config": to_plain(args)}
 
@@ -120,7 +121,8 @@ def train(args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()) ->
             setattr(args, key, str(Path(getattr(args, key)).resolve()))
     train_file = fraction_file(setup.list_dir, "train", args.data_volume, args.data_seed)
     val_file = fraction_file(setup.list_dir, "val", args.val_volume, args.data_seed)
-    train_set, _ = build_dataset(setup, train_file, args.img_size, True, args.skip_bad_images, args.packed_cache)
+    train_set, _ = build_dataset(setup, train_file, args.img_size, True, args.skip_bad_images, args.packed_cache,
+                                 args.min_crop_area)
     val_set, _ = build_dataset(setup, val_file, args.img_size, False, args.skip_bad_images, args.packed_cache)
     micro, eval_batch = batch_sizes(args, info)
     if setup.synthetic and info.is_main:
@@ -129,7 +131,7 @@ def train(args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()) ->
                 val_file, len(val_set), setup.num_classes)
 
     seed_everything(args.seed)  # same initial head on every rank (DDP also broadcasts rank 0's weights)
-    model = build_classifier(args.model_type, args.img_size, setup.num_classes)
+    model = build_classifier(args.model_type, args.img_size, setup.num_classes, args.global_pool)
     logger.info(initialise(model, args.init, args.pretrained_dir))
     if args.freeze_backbone:
         logger.info("--freeze_backbone: training the head only (%d parameters)", freeze_backbone(model))

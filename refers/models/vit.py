@@ -57,6 +57,7 @@ def build_vit(
     num_classes: int = 0,
     dropout: float = ORIGINAL_DROPOUT,
     device: torch.device | str | None = None,
+    global_pool: str = "token",
 ) -> nn.Module:
     """Build an image encoder (``num_classes=0``: no head, CLS features) or a classifier.
 
@@ -66,6 +67,8 @@ def build_vit(
         num_classes: outputs of the linear head on the CLS token; 0 for no head.
         dropout: the original's dropout rate, placed as the original does (see module doc).
         device: e.g. ``"meta"`` to build the full-size model without allocating memory.
+        global_pool: what a ViT's head reads: ``"token"`` (the CLS token, the original) or
+            ``"avg"`` (the mean of the normalised patch tokens; same weights, no extra norm).
     """
     import timm
     from timm.models.vision_transformer import VisionTransformer
@@ -90,7 +93,8 @@ def build_vit(
             mlp_ratio=shape.mlp_ratio,
             qkv_bias=True,
             num_classes=num_classes,
-            global_pool="token",
+            global_pool=global_pool,
+            fc_norm=False,  # keep the final norm on all tokens, so "avg" changes no weight names
             class_token=True,
             pos_drop_rate=dropout,
             proj_drop_rate=dropout,  # the MLP's two dropouts; attention's is removed below
