@@ -60,7 +60,8 @@ class Profile:
         percents, seeds: label fractions and data seeds ``refers prepare fractions`` writes.
         shuffled: also pre-train the shuffled-report control arm.
         validations: pre-training validations (checkpoints) over the run.
-        cpu_workers: data-loading processes of pre-training.
+        cpu_workers: data-loading processes of pre-training (0: load in the training process, the
+            fastest on 2 cores, where a loader process takes a core from the matrix products).
         bootstrap: resamples of ``refers results``' confidence intervals.
         workers: processes of ``refers synth`` / ``refers prepare``.
     """
@@ -76,7 +77,7 @@ class Profile:
     shuffled: bool = False
     downstream_studies: int = 2000
     validations: int = 2
-    cpu_workers: int = 1
+    cpu_workers: int = 0
     bootstrap: int = 1000
     workers: int = 2
 

@@ -7,6 +7,7 @@ as from the top. Paths a user types stay relative to the working directory.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -39,13 +40,19 @@ def results_dir() -> Path:
     return project_root() / "Results_of_fine-tuning"
 
 
+@functools.lru_cache(maxsize=256)
+def _resolved_root(root: str) -> Path:
+    # Data loaders join millions of list paths onto a handful of roots: resolve each root once.
+    return Path(root).resolve()
+
+
 def safe_join(root: str | os.PathLike, relative: str) -> Path:
     """Join a path read from a list file onto its data root, refusing to escape the root.
 
     Raises:
         ValueError: if ``relative`` is absolute or climbs out of ``root`` (``..``).
     """
-    root_path = Path(root).resolve()
+    root_path = _resolved_root(os.fspath(root))
     rel = relative.replace("\\", "/")
     if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
         raise ValueError(f"absolute path {relative!r} in a list file; list paths are relative to the data root")

@@ -129,6 +129,9 @@ def test_one_flip_per_study_and_the_report_follows(data):
         assert sample["report"] == expected
         ids = data["tokenizer"].encode(expected, 16)
         assert sample["caption_ids"][: len(ids)].tolist() == ids
+        bert = data["bert"](expected, max_length=16, truncation=True, padding="max_length")
+        assert sample["bert_input_ids"].tolist() == bert["input_ids"]  # also when read from the token cache
+        assert sample["bert_attention_mask"].tolist() == bert["attention_mask"]
         outcomes.add(sample["flipped"])
     assert outcomes == {True, False}
     # A lateral-only study may flip, but its report keeps its sides.
@@ -136,6 +139,21 @@ def test_one_flip_per_study_and_the_report_follows(data):
     assert {dataset[4]["report"] for _ in range(10)} == {STUDIES["5"][1]}
     no_flip = _dataset(data, "train", "DATA.HORIZONTAL_FLIP", "false")
     assert not any(no_flip[0]["flipped"] for _ in range(10))
+
+
+def test_token_cache_is_bounded_and_returns_fresh_tensors(data, monkeypatch):
+    import refers.data.pretrain_dataset as pretrain_dataset
+
+    monkeypatch.setattr(pretrain_dataset, "TOKEN_CACHE_SIZE", 2)
+    dataset = _dataset(data, "val")
+    first = dataset[0]
+    first["caption_ids"].fill_(0)  # a caller writing into its batch must not change the cache
+    for i in range(len(dataset)):
+        dataset[i]
+        assert len(dataset._token_cache) <= 2
+    again = dataset[0]
+    ids = data["tokenizer"].encode(again["report"], 16)
+    assert again["caption_ids"][: len(ids)].tolist() == ids
 
 
 def test_shuffled_reports_are_a_fixed_permutation(data):
