@@ -18,7 +18,6 @@ Runs whose outputs already exist are skipped (and said so); every command is app
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shlex
 import sys

@@ -15,7 +15,7 @@ import yaml
 
 from refers import sweep_runner
 from refers.cli.sweep import main
-from refers.sweep import SweepConfigError, candidates, flags, load_config, plan_training
+from refers.sweep import candidates, flags, load_config, plan_training
 from refers.sweep_runner import best_validation_auc, checkpoint_path, select, result_summary_path
 
 GRID = {
