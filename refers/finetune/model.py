@@ -24,7 +24,7 @@ from torch import nn
 from refers.cli.common import CommandError
 from refers.data.lists import atomic_write_text
 from refers.engine.checkpoint_io import UnsafeCheckpointError, atomic_torch_save
-from refers.models.vit import CNN_ALIASES, VIT_SHAPES, build_vit, is_original_vit
+from refers.models.vit import VIT_SHAPES, build_vit, is_original_vit
 from refers.models.weights import EncoderWeightsNotFound, load_encoder_weights, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,9 @@ def build_classifier(model_type: str, img_size: int, num_classes: int, global_po
     (``"avg"``); that of a CNN, its pooled features.
     """
     try:
-        if is_original_vit(CNN_ALIASES.get(model_type, model_type)):
-            return build_vit(model_type, img_size=img_size, num_classes=num_classes, global_pool=global_pool)
-        if global_pool != "token":
+        if global_pool != "token" and not is_original_vit(model_type):
             raise ValueError(f"--global_pool {global_pool} applies to the ViTs of refers.models.vit, not {model_type}")
-        return build_vit(model_type, img_size=img_size, num_classes=num_classes)
+        return build_vit(model_type, img_size=img_size, num_classes=num_classes, global_pool=global_pool)
     except ValueError as error:
         raise CommandError(str(error), exit_code=2) from None
 
