@@ -208,6 +208,27 @@ def test_resume_continues_exactly(tmp_path, workers):
     assert not torch.equal(first.state_dict()["text_projection.weight"], straight["model"]["text_projection.weight"])
 
 
+def test_cpu_bfloat16_autocast_only_when_asked(tmp_path):
+    seen = []
+
+    class Recording(ToyModel):
+        def forward(self, batch: dict) -> dict:
+            if self.training:
+                seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return super().forward(batch)
+
+    def build(cfg, device):
+        return TrainParts(model=Recording(), train_dataset=ToyStudies(24), val_dataset=ToyStudies(10),
+                          collate_fn=toy_collate, decode=lambda ids: " ".join(map(str, ids)))
+
+    for flag, expected in (("false", None), ("true", torch.bfloat16)):
+        seen.clear()
+        options = LoopOptions(serialization_dir=tmp_path / flag, checkpoint_every=2, log_every=1, cpu_workers=0, progress=False)
+        assert run_pretraining(toy_config(iterations=2, AMP__CPU_BFLOAT16=flag), options, DistInfo(), build) == 0
+        assert seen == [expected, expected]
+        assert (tmp_path / flag / "checkpoint_2.pth").is_file()
+
+
 def test_checkpoint_holds_the_full_state_and_loads_weights_only(tmp_path):
     cfg = toy_config(iterations=4)
     assert run(tmp_path, cfg) == 0

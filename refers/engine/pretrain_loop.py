@@ -106,10 +106,21 @@ class _StopSignal:
 
 
 def autocast_context(device: torch.device, amp_dtype: str) -> contextlib.AbstractContextManager:
-    """torch.amp autocast on GPU with ``AMP.DTYPE``; CPU runs in float32 (bit-exact resume)."""
-    if device.type != "cuda" or amp_dtype == "float32":
+    """torch.amp autocast with ``amp_dtype`` on the run's device; "float32" turns it off."""
+    if amp_dtype == "float32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=getattr(torch, amp_dtype))
+    return torch.autocast(device.type, dtype=getattr(torch, amp_dtype))
+
+
+def run_dtype(cfg: Any, device: torch.device) -> str:
+    """The autocast dtype of a run: ``AMP.DTYPE`` on GPU; on CPU float32 unless ``AMP.CPU_BFLOAT16``.
+
+    CPU autocast supports bfloat16 only; float32 is the CPU default because it is the reference
+    arithmetic (the tests compare runs bit for bit).
+    """
+    if device.type == "cuda":
+        return cfg.AMP.DTYPE
+    return "bfloat16" if cfg.AMP.CPU_BFLOAT16 else "float32"
 
 
 def _agree(flag: bool | torch.Tensor, info: DistInfo) -> bool:
@@ -159,7 +170,7 @@ class PretrainRun:
         self.settings = OptimSettings.from_config(cfg)
         self.optimizer = build_optimizer(self.model, self.settings)
         self.scheduler = build_scheduler(self.optimizer, self.settings)
-        self.amp_dtype = cfg.AMP.DTYPE if self.device.type == "cuda" else "float32"
+        self.amp_dtype = run_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == "float16")
 
         self.sampler = ResumableBatchSampler(
