@@ -200,13 +200,38 @@ def flags(values: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def candidates(search: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The grid of a ``search`` section: ``{"learning_rate": [0.1, 0.01]}`` -> two candidates."""
+def candidates(search: Mapping[str, Any] | list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates of a ``search`` section.
+
+    A mapping is a grid, every combination of its values: ``{"learning_rate": [0.1, 0.01]}`` -> two
+    candidates. A list of mappings names the candidates one by one, for searches that are not a
+    grid (e.g. a linear probe at one learning rate beside full fine-tuning at two).
+    """
+    if isinstance(search, (list, tuple)):
+        return [dict(point) for point in search] or [{}]
     if not search:
         return [{}]
     keys = list(search)
     values = [v if isinstance(v, (list, tuple)) else [v] for v in search.values()]
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _search(levels: Iterable[Mapping], where: str) -> dict[str, Any] | list[dict[str, Any]]:
+    """A group's ``search``: grids merge key by key from the top level down; a list replaces
+    whatever less specific levels said, and a grid cannot refine a list."""
+    merged: dict[str, Any] | list[dict[str, Any]] = {}
+    for level in levels:
+        section = level.get("search")
+        if isinstance(section, (list, tuple)):
+            if not all(isinstance(point, Mapping) for point in section):
+                raise SweepConfigError(f"{where}: a search list must hold mappings (one per candidate)")
+            merged = [dict(point) for point in section]
+        elif section is not None:
+            if isinstance(merged, list):
+                raise SweepConfigError(f"{where}: a search grid cannot refine a search list given above it; "
+                                       "give the whole list at this level")
+            merged.update(_mapping(section, "search"))
+    return merged
 
 
 def candidate_tag(candidate: Mapping[str, Any]) -> str:
@@ -286,7 +311,7 @@ def plan_training(config: SweepConfig) -> list[Run]:
         levels = _levels(config, dataset, percent, arm)
         train = _merged(levels, "train")
         for seed in _seeds(levels, percent):
-            for candidate in candidates(_merged(levels, "search")):
+            for candidate in candidates(_search(levels, f"{config.source}: {dataset} {percent}% {arm}")):
                 tag = candidate_tag(candidate)
                 run_dir = _group_dir(config, dataset, percent, arm) / f"seed{seed}" / tag
                 name = f"{get_dataset(dataset).alias}_{percent}_{arm}_s{seed}"

@@ -52,6 +52,28 @@ def test_flags_and_candidates():
     assert candidates({"a": [1, 2], "b": [True, False]}) == [
         {"a": 1, "b": True}, {"a": 1, "b": False}, {"a": 2, "b": True}, {"a": 2, "b": False}]
     assert candidates({}) == [{}]
+    points = [{"learning_rate": 0.3}, {"learning_rate": 1.0, "freeze_backbone": True}]
+    assert candidates(points) == points and candidates([]) == [{}]
+
+
+def test_search_list_names_candidates_and_replaces_grids_above(tmp_path, capsys):
+    probe_or_finetune = [{"learning_rate": 0.3}, {"learning_rate": 0.1}, {"learning_rate": 0.3, "freeze_backbone": True}]
+    grid = {**GRID, "search": probe_or_finetune,
+            "arms": {"REFERS": GRID["arms"]["REFERS"], "scratch": {"train": {"init": "scratch"}}},
+            "datasets": {"NIH_ChestX-ray": {"fractions": [100]},
+                         "Shenzhen_Tuberculosis": {"search": [{"learning_rate": 0.05}]}}}
+    runs = plan_training(load_config(write_grid(tmp_path, grid)))
+    nih_refers = [r for r in runs if r.dataset == "NIH_ChestX-ray" and r.arm == "REFERS"]
+    assert [(option(r.args, "learning_rate"), "--freeze_backbone" in r.args) for r in nih_refers] == \
+        [("0.3", False), ("0.1", False), ("0.3", True)]
+    assert set(nih_refers[2].candidate.split(",")) == {"learning_rate=0.3", "freeze_backbone=True"}
+    assert len([r for r in runs if r.dataset == "NIH_ChestX-ray"]) == 2 * 3
+    # a list at a more specific level replaces the one above it...
+    assert {option(r.args, "learning_rate") for r in runs if r.dataset == "Shenzhen_Tuberculosis"} == {"0.05"}
+    # ...but a grid (here scratch's, at the arm level) cannot refine a list
+    grid["arms"] = GRID["arms"]
+    assert main([str(write_grid(tmp_path, grid)), "--dry-run"]) == 2
+    assert "a search grid cannot refine a search list" in capsys.readouterr().err
 
 
 def test_grid_size_and_precedence(tmp_path):
