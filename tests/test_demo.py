@@ -84,11 +84,12 @@ def test_finetuning_predictions_and_summary(demo_out):
                 assert value == pytest.approx(expected, abs=1e-5)
                 if dataset == "NIH_ChestX-ray":
                     assert len((seeds[0] / "Atelectasis.txt").read_text().splitlines()) == test_lines
-    # the learning rate was chosen per arm among the sweep's candidates, on validation
+    # each arm's candidate (full fine-tuning or a linear probe) was chosen among the sweep's, on validation
     selection = json.loads((demo_out / "finetune" / "selection.json").read_text())
     nih = [s for s in selection if s["dataset"] == "NIH_ChestX-ray"]
     assert {s["arm"] for s in nih} == {"REFERS", "scratch"}
-    assert all(len(s["mean_val_auc"]) == 2 and s["candidate"] in s["mean_val_auc"] for s in nih)
+    assert all(sorted(s["mean_val_auc"]) == ["learning_rate=0.01,freeze_backbone=True", "learning_rate=0.1"]
+               and s["candidate"] in s["mean_val_auc"] for s in nih)
 
 
 def test_results_and_command_log(demo_out):
@@ -103,6 +104,7 @@ def test_results_and_command_log(demo_out):
     assert subprocess.run(["sh", "-n", str(demo_out / "commands.sh")]).returncode == 0
     sweep_log = (demo_out / "finetune" / "commands.log").read_text()
     assert "Fine-tune/NIH_ChestX-ray/train.py" in sweep_log and "Fine-tune/NIH_ChestX-ray/test.py" in sweep_log
+    assert "--freeze_backbone" in sweep_log
     assert (demo_out / MARKER).is_file()
 
 
