@@ -107,6 +107,10 @@ def _schema() -> dict[str, Any]:
                 "BERT_HEADS": 12,
                 "BERT_INTERMEDIATE": 3072,
                 "BERT_DROPOUT": 0.1,
+                # Report vector of the contrast: "pooler" (the original: BERT's pooler, tanh of a
+                # dense layer on the CLS token) or "mean" (mean of the non-padding token states). A BERT
+                # from random weights gives the same pooler output for every report at first.
+                "CONTRAST_POOLING": "pooler",
             },
         },
         "LOSS": {
@@ -420,6 +424,8 @@ def _check(data: Mapping[str, Any]) -> None:
         raise ConfigError("DATA.MAX_CAPTION_LENGTH and DATA.BERT_MAX_LENGTH must be at least 3")
     if not 0.0 <= flat["LOSS.LAMBDA"] <= 1.0:
         raise ConfigError(f"LOSS.LAMBDA must be in [0, 1], got {flat['LOSS.LAMBDA']}")
+    if flat["MODEL.TEXTUAL.CONTRAST_POOLING"] not in ("pooler", "mean"):
+        raise ConfigError(f"MODEL.TEXTUAL.CONTRAST_POOLING must be 'pooler' or 'mean', got {flat['MODEL.TEXTUAL.CONTRAST_POOLING']!r}")
     if flat["MODEL.VISUAL.CONTRAST_POOLING"] not in ("cls", "mean"):
         raise ConfigError(f"MODEL.VISUAL.CONTRAST_POOLING must be 'cls' or 'mean', got {flat['MODEL.VISUAL.CONTRAST_POOLING']!r}")
     if flat["AMP.DTYPE"] not in ("bfloat16", "float16", "float32"):

@@ -83,6 +83,7 @@ def test_overrides_are_parsed_by_the_type_of_the_default():
         (["AMP.DTYPE", "fp8"], "AMP.DTYPE"),
         (["OPTIM.OPTIMIZER_NAME", "adam"], "sgd or adamw"),
         (["MODEL.VISUAL.CONTRAST_POOLING", "max"], "CONTRAST_POOLING"),
+        (["MODEL.TEXTUAL.CONTRAST_POOLING", "cls"], "'pooler' or 'mean'"),
     ],
 )
 def test_bad_overrides_are_errors_naming_the_key(overrides, message):
@@ -352,6 +353,26 @@ def test_contrast_pooling_picks_the_cls_token_or_the_mean_patch_token():
         reports = model._report_vectors(batch["bert_input_ids"], batch["bert_attention_mask"])
         expected = convirt_loss(tokens[:, :, 1:].mean(dim=2).flatten(1), reports, model.tau, model.lam)[0]
         assert model(batch)["components"]["contrast"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_report_pooling_reads_the_pooler_or_the_mean_token_state():
+    torch.manual_seed(0)
+    batch = tiny_batch()
+    ids, mask = batch["bert_input_ids"], batch["bert_attention_mask"].clone()
+    mask[0, 3:] = 0  # a shorter report: its padding must not count
+    pooled = build_refers_model(load_config(None, TINY)).eval()
+    assert pooled.bert.pooler is not None
+    mean = build_refers_model(load_config(None, TINY + ["MODEL.TEXTUAL.CONTRAST_POOLING", "mean"])).eval()
+    assert mean.bert.pooler is None  # no parameters left without gradient (DDP would refuse them)
+    with torch.no_grad():
+        states = mean.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        by_hand = torch.stack([states[i, mask[i].bool()].mean(0) for i in range(len(ids))])
+        torch.testing.assert_close(mean._report_vectors(ids, mask), mean.text_projection(by_hand))
+        out = pooled.bert(input_ids=ids, attention_mask=mask)
+        torch.testing.assert_close(pooled._report_vectors(ids, mask), pooled.text_projection(out.pooler_output))
+    loss = mean(batch)["loss"]
+    loss.backward()
+    assert all(p.grad is not None for p in mean.bert.parameters())
 
 
 def test_initial_weights_load_into_the_image_encoder(tmp_path):

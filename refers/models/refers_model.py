@@ -7,7 +7,8 @@ One ViT (shared weights) encodes up to three views of a study. Two tasks train i
   decoder (:class:`~refers.models.report_decoder.ReportDecoder`) reads to predict the report;
 * report contrast: the concatenated CLS tokens [B, V*D] (or, with ``MODEL.VISUAL.CONTRAST_POOLING:
   mean``, each view's mean patch token) are matched against the BERT-encoded report
-  (pooler -> Linear(hidden, V*D)) with the ConVIRT loss.
+  (pooler, or with ``MODEL.TEXTUAL.CONTRAST_POOLING: mean`` the mean token state, -> Linear(hidden, V*D))
+  with the ConVIRT loss.
 
 Only ``image_encoder`` is kept for fine-tuning; its state-dict keys are plain timm keys, so the full
 model's keys are ``image_encoder.<timm key>`` (what :mod:`refers.models.weights` reads).
@@ -63,6 +64,7 @@ class RefersModel(nn.Module):
         )
         self.bert = build_bert(cfg)
         self.text_projection = nn.Linear(self.bert.config.hidden_size, self.num_views * dim)
+        self.report_pooling = textual.CONTRAST_POOLING
         loss = cfg.LOSS
         self.caption_weight, self.contrast_weight = loss.CAPTION_WEIGHT, loss.CONTRAST_WEIGHT
         self.tau, self.lam, self.gather_negatives = loss.TAU, loss.LAMBDA, loss.GATHER_NEGATIVES
@@ -104,8 +106,11 @@ class RefersModel(nn.Module):
     # -- report side --------------------------------------------------------------------------
 
     def _report_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        pooled = self.bert(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-        return self.text_projection(pooled)
+        output = self.bert(input_ids=input_ids, attention_mask=attention_mask)
+        if self.report_pooling == "pooler":
+            return self.text_projection(output.pooler_output)
+        mask = attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
+        return self.text_projection((output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1))
 
     def encode_reports(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised report vectors for retrieval, [B, V*D], from BERT ids [B, Lb]."""

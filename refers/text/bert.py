@@ -41,12 +41,17 @@ def bert_dir(cfg) -> Path | None:
 
 
 def build_bert(cfg):
-    """A transformers ``BertModel`` (with pooler), from ``BERT_DIR`` or from the configured sizes."""
+    """A transformers ``BertModel``, from ``BERT_DIR`` or from the configured sizes.
+
+    It has its pooler unless the report contrast reads the mean token state
+    (``MODEL.TEXTUAL.CONTRAST_POOLING: mean``): an unused pooler would get no gradient, which DDP refuses.
+    """
     from transformers import BertConfig, BertModel
 
+    pooler = cfg.MODEL.TEXTUAL.CONTRAST_POOLING == "pooler"
     path = bert_dir(cfg)
     if path is not None:
-        return BertModel.from_pretrained(str(path), local_files_only=True)
+        return BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=pooler)
     text = cfg.MODEL.TEXTUAL
     config = BertConfig(
         vocab_size=text.BERT_VOCAB_SIZE,
@@ -58,7 +63,7 @@ def build_bert(cfg):
         attention_probs_dropout_prob=text.BERT_DROPOUT,
         max_position_embeddings=max(512, cfg.DATA.BERT_MAX_LENGTH),
     )
-    return BertModel(config)
+    return BertModel(config, add_pooling_layer=pooler)
 
 
 def load_bert_tokenizer(cfg):
