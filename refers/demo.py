@@ -9,8 +9,8 @@ commands are appended to ``<out>/commands.sh`` (runnable from the project root) 
 3. ``refers tokenizer train`` and ``Pre-train/pretrain_refers.py`` (the demo preset);
 4. ``refers export``: the image encoder for fine-tuning;
 5. ``refers sweep``: fine-tuning from the export and from scratch (and, with ``--full``, from a
-   control pre-trained on shuffled image-report pairs), learning rate chosen on validation per arm,
-   then ``test.py``;
+   control pre-trained on shuffled image-report pairs), each arm's candidate (learning rate, linear
+   probe or full fine-tuning) chosen on validation, then ``test.py``;
 6. ``refers results``: the table, confidence intervals and ROC figures;
 7. the pre-training retrieval recall and one generated report next to its true report;
 8. ``<out>/summary.json``.
@@ -251,7 +251,7 @@ class Demo:
 
     def finetune(self) -> None:
         self.stage("fine-tuning and testing: " + " vs ".join([*self.pretrained_arms(), "scratch"])
-                   + " (learning rate chosen on validation per arm)")
+                   + " (candidates chosen on validation per arm)")
         from refers.sweep import read_sweep_file
 
         resolved = _fill(read_sweep_file(self.root / self.profile.sweep), {"${OUT}": str(self.out)})
@@ -369,7 +369,7 @@ def run_demo(out: Path, profile: Profile, stream: bool = True) -> dict[str, Any]
     demo.stage("summary")
     summary = demo.summary(time.perf_counter() - start, check)
     print("SYNTHETIC DATA: these numbers show that the pipeline learns; they are not results on real radiographs.\n")
-    print("Mean test AUC (means over data seeds; learning rate chosen on validation per arm):\n")
+    print("Mean test AUC (means over data seeds; each arm's fine-tuning candidate chosen on validation):\n")
     print(format_table(summary))
     recall = summary["retrieval_recall_at_5"]
     print(f"\nPre-training image-to-report recall@5 on the {check['validation_studies']} validation studies: "
