@@ -222,6 +222,14 @@ def test_min_crop_area_bounds_the_random_crop():
     assert not all(torch.equal(c, whole) or torch.equal(c, whole.flip(-1)) for c in small)
 
 
+def test_min_crop_area_defaults_to_the_original_everywhere():
+    from refers.data.device_transforms import ORIGINAL_MIN_CROP_AREA
+    from refers.finetune.config import build_parser
+
+    assert ORIGINAL_MIN_CROP_AREA == 0.08  # torchvision's RandomResizedCrop default
+    assert build_parser("train.py").parse_args(["--name", "x"]).min_crop_area == ORIGINAL_MIN_CROP_AREA
+
+
 def test_bad_inputs_are_clear_errors(datasets, tmp_path, capsys):
     args = common(datasets, "Shenzhen_Tuberculosis", tmp_path)
     assert finetune_main([*args, "--num_classes", "2", "--init", "scratch"]) == 2

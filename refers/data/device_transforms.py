@@ -22,15 +22,16 @@ import torch
 # refers.data.pretrain_transforms, whose owners keep their own copies).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ORIGINAL_MIN_CROP_AREA = 0.08  # torchvision's RandomResizedCrop default, which the original used
 
 
-def host_train_transform(img_size: int, min_crop_area: float = 0.08):
+def host_train_transform(img_size: int, min_crop_area: float = ORIGINAL_MIN_CROP_AREA):
     """Training geometry of the original (RandomResizedCrop + horizontal flip) on a grey PIL image.
 
     Args:
         img_size: output side.
         min_crop_area: smallest crop, as a fraction of the image area (the original: torchvision's
-            default 0.08; at a few dozen pixels such crops can cut the finding out of the image).
+            default; at a few dozen pixels such small crops can cut the finding out of the image).
 
     Returns:
         A callable: PIL 'L' image -> uint8 tensor [1, img_size, img_size].

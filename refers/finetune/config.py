@@ -91,6 +91,7 @@ def build_parser(prog: str, stage: str = "train") -> argparse.ArgumentParser:
     n.add_argument("--init", choices=("pretrained", "scratch"), default="pretrained",
                    help="scratch trains from random weights (explicitly; a missing checkpoint is an error)")
     n.add_argument("--freeze_backbone", action="store_true", help="train the head only (linear probe)")
+    # = refers.data.device_transforms.ORIGINAL_MIN_CROP_AREA, not imported: the parser stays torch-free
     n.add_argument("--min_crop_area", type=float, default=0.08,
                    help="smallest random training crop, as a fraction of the image area (original: 0.08)")
     n.add_argument("--global_pool", choices=("token", "avg"), default="token",

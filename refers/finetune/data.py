@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from refers.cli.common import CommandError
-from refers.data.device_transforms import host_eval_transform, host_train_transform
+from refers.data.device_transforms import ORIGINAL_MIN_CROP_AREA, host_eval_transform, host_train_transform
 from refers.data.images import UnreadableImageError, open_grey
 from refers.data.lists import ImageList, find_split_file, read_list
 from refers.data.registry import get_dataset
@@ -165,7 +165,7 @@ def locate_images(images: ImageList, roots: Sequence[Path], skip_missing: bool) 
     return files, np.asarray(kept, dtype=np.int64)
 
 
-def train_transform(img_size: int, min_crop_area: float = 0.08):
+def train_transform(img_size: int, min_crop_area: float = ORIGINAL_MIN_CROP_AREA):
     """RandomResizedCrop + horizontal flip (the original's) on the grey image -> uint8 [1, S, S].
 
     The original's ToTensor + ImageNet normalisation to three channels happens on the device
@@ -234,7 +234,7 @@ def collate_dropping_none(batch: list):
 
 
 def build_dataset(setup: DataSetup, list_file: Path, img_size: int, train: bool, skip_bad: bool,
-                  packed: str | None = None, min_crop_area: float = 0.08) -> tuple[ListDataset, ImageList]:
+                  packed: str | None = None, min_crop_area: float = ORIGINAL_MIN_CROP_AREA) -> tuple[ListDataset, ImageList]:
     """A :class:`ListDataset` of ``list_file`` (training or evaluation transforms) and the list read;
     with ``packed`` (a pack folder of ``refers prepare pack``), a dataset of the same items read from it.
     ``min_crop_area`` is the smallest random crop of the training transform."""
