@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
-from refers.paths import project_root
+from refers.base.paths import project_root
 
 
 def _schema() -> dict[str, Any]:
@@ -226,7 +226,7 @@ class Config:
 
     def dump(self, path: str | os.PathLike) -> None:
         """Write the resolved configuration as YAML (atomically)."""
-        from refers.data.lists import atomic_write_text
+        from refers.base.atomic import atomic_write_text
 
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 

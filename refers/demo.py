@@ -35,9 +35,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from refers.data.lists import atomic_write_text
+from refers.base.atomic import atomic_write_text
 from refers.data.registry import FINETUNE_DATASETS, get_dataset
-from refers.paths import project_root
+from refers.base.paths import project_root
 
 MARKER = "DEMO.txt"  # marks a folder as demo output, which a new run may delete
 

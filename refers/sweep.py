@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from refers.data.registry import get_dataset
-from refers.paths import project_root
+from refers.base.paths import project_root
 
 # Keys a sweep file may hold at each level; anything else is a typo and is refused.
 TOP_KEYS = {"name", "workdir", "output_dir", "results_dir", "entry", "launcher", "execution", "seeds",

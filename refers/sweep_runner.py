@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from refers.data.lists import atomic_write_text
+from refers.base.atomic import atomic_write_text
 from refers.sweep import Run, SweepConfig, command_line, in_process_argv, plan_test, plan_training, train_option
 
 RECORD = "sweep_record.json"  # written into a training run's folder once it has finished

@@ -16,7 +16,8 @@ from refers.bench.peaks import mfu, peak_tflops
 from refers.bench.report import RESULTS_JSON, RESULTS_MD
 from refers.cli.bench import main
 from refers.data.device_transforms import IMAGENET_MEAN, IMAGENET_STD, DeviceNormalize, host_eval_transform, host_train_transform
-from refers.data.lists import ListFormatError, write_list
+from refers.base.errors import ListFormatError
+from refers.data.lists import write_list
 from refers.data.mimic_lists import read_study_index
 from refers.data.packed_cache import PackError, PackedDataset, PackedImages, build_packed_cache, resized_grey
 from refers.data.study_table import StudyTable, cache_path, load_study_table

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from refers.cli.predict import main as predict_main
-from refers.engine.checkpoint_io import UnsafeCheckpointError
+from refers.base.checkpoints import UnsafeCheckpointError
 from refers.finetune.model import load_finetuned, metadata_path, save_finetuned
 from refers.models.vit import build_vit
 from refers.models.weights import EncoderWeightsNotFound, load_encoder_weights, timm_to_original

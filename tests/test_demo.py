@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from refers.cli.demo import main
 from refers.data.lists import read_list
 from refers.demo import MARKER, Demo, load_profile
-from refers.engine.checkpoint_io import safe_load
+from refers.base.checkpoints import safe_load
 
 DATASETS = ("MIMIC-CXR", "NIH_ChestX-ray", "VinBigData_Chest_X-ray", "Shenzhen_Tuberculosis", "COVID-19_Image_Data_Collection")
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from refers.data.lists import ListFormatError
+from refers.base.errors import ListFormatError
 from refers.eval.metrics import bootstrap_class_aucs, bootstrap_ci, bootstrap_weights, mean_auc, per_class_auc, per_class_auprc, weighted_auc
 from refers.eval.predictions import read_prediction_file, write_prediction_files
 from refers.eval.stats import delong_covariance, delong_test, holm, paired_bootstrap

@@ -290,7 +290,7 @@ def test_early_stopping_rule():
 
 
 def test_readme_command_and_presets_parse(tmp_path):
-    from refers.cli.common import CommandError
+    from refers.base.errors import UserError as UserError
     from refers.finetune.config import parse_args, presets_dir
 
     readme = ("--name caption_100 --stage train --model_type ViT-B_16 --num_classes 14 --pretrained_dir ../checkpoint/refers_checkpoint.pth "
@@ -307,5 +307,5 @@ def test_readme_command_and_presets_parse(tmp_path):
         assert args.num_classes == get_dataset(args.dataset).num_classes
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rat: 0.1\n")
-    with pytest.raises(CommandError, match="learning_rat"):
+    with pytest.raises(UserError, match="learning_rat"):
         parse_args(["--name", "x", "--config", str(bad)], "t")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refers.data.lists import ListFormatError, find_split_file, read_list, write_list
-from refers.paths import safe_join
+from refers.base.errors import ListFormatError
+from refers.data.lists import find_split_file, read_list, write_list
+from refers.base.paths import safe_join
 from tests.conftest import require_shared
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refers.data.lists import ListFormatError, find_split_file, read_list
+from refers.base.errors import ListFormatError
+from refers.data.lists import find_split_file, read_list
 from refers.data.mimic_lists import find_caption_list, read_study_index, reroot_folder, write_study_index
 from refers.data.registry import get_dataset
 from refers.prepare.splits import assignment_from_lists

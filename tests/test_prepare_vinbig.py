@@ -13,7 +13,7 @@ from PIL import Image
 from tests.prepare_helpers import make_vinbig_csv, write_dicom
 from refers.cli.prepare import main
 from refers.data.dicom import MissingDicomDecoder, read_dicom_uint8
-from refers.data.images import UnreadableImageError
+from refers.base.errors import UnreadableImageError
 from refers.data.lists import read_list
 from refers.data.registry import VINBIG_CLASSES
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from refers.data.lists import atomic_write_text
+from refers.base.atomic import atomic_write_text
 
 RESULTS_JSON, RESULTS_MD = "results.json", "RESULTS.md"
 

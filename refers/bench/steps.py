@@ -231,7 +231,7 @@ def finetune_benchmark(preset: Preset, device: torch.device, precision: str, bat
 def pretrain_config(name: str, device: torch.device):
     """A pre-training preset with nothing to read from disk (random ViT, BERT built from config)."""
     from refers.config import load_config
-    from refers.paths import project_root
+    from refers.base.paths import project_root
 
     path = project_root() / "configs" / "pretrain" / f"{name}.yaml"
     return load_config(path, ["MODEL.VISUAL.PRETRAINED", "", "MODEL.TEXTUAL.BERT_DIR", ""])

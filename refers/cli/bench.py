@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 if TYPE_CHECKING:
     import torch
@@ -127,21 +128,21 @@ def _run(args: argparse.Namespace, device: "torch.device", out: Path) -> dict[st
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
-        raise CommandError("--batch-size must be at least 1", exit_code=2)
+        raise UserError("--batch-size must be at least 1", exit_code=2)
     if args.workers is not None and any(w < 0 for w in args.workers):
-        raise CommandError("--workers must be 0 or more", exit_code=2)
+        raise UserError("--workers must be 0 or more", exit_code=2)
     if args.threads is not None and args.threads < 1:
-        raise CommandError("--threads must be at least 1", exit_code=2)
+        raise UserError("--threads must be at least 1", exit_code=2)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from refers.bench.report import RESULTS_JSON, RESULTS_MD, write_results
-    from refers.paths import project_root
+    from refers.base.paths import project_root
 
     out = args.out or project_root() / "benchmarks"
     import torch
 
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda" and not torch.cuda.is_available():
-        raise CommandError("--device cuda: no GPU is visible to PyTorch (use --device cpu)", exit_code=2)
+        raise UserError("--device cuda: no GPU is visible to PyTorch (use --device cpu)", exit_code=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or (1 if device_type == "cpu" else threads))
     try:

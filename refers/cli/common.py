@@ -6,23 +6,11 @@ import functools
 import sys
 from typing import Callable, Sequence
 
-from refers.data.lists import ListFormatError
-
-
-class CommandError(Exception):
-    """An expected failure (bad input, missing file): printed as one line, no traceback.
-
-    Attributes:
-        exit_code: 1 for bad data or state, 2 for bad usage (as argparse).
-    """
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
+from refers.base.errors import ListFormatError, UserError
 
 
 # Errors that mean "the input is wrong", not "the program is wrong".
-EXPECTED_ERRORS = (CommandError, ListFormatError, FileNotFoundError, NotADirectoryError, PermissionError)
+EXPECTED_ERRORS = (UserError, ListFormatError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def command(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.full and args.quick:
-        raise CommandError("--full and --quick exclude each other", exit_code=2)
+        raise UserError("--full and --quick exclude each other", exit_code=2)
     if args.studies is not None and args.studies < 50:
-        raise CommandError(f"--studies must be >= 50, got {args.studies}", exit_code=2)
+        raise UserError(f"--studies must be >= 50, got {args.studies}", exit_code=2)
     from refers.demo import DemoError, load_profile, run_demo
 
     profile = load_profile("quick" if args.quick else "full" if args.full else "default", args.studies)
     try:
         run_demo(Path(args.out), profile, stream=not args.quiet)
     except DemoError as error:
-        raise CommandError(str(error)) from None
+        raise UserError(str(error)) from None
     return 0

@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 PROG = "refers export"
 
@@ -32,17 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
 @command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from refers.engine.checkpoint_io import UnsafeCheckpointError
+    from refers.base.checkpoints import UnsafeCheckpointError
     from refers.engine.export import export_checkpoint
 
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.parent / f"refers_checkpoint.{args.format}"
     if out.resolve() == checkpoint.resolve():
-        raise CommandError(f"--out {out} would overwrite the checkpoint it reads", 2)
+        raise UserError(f"--out {out} would overwrite the checkpoint it reads", 2)
     try:
         written = export_checkpoint(checkpoint, out, args.format)
     except (UnsafeCheckpointError, ValueError) as error:
-        raise CommandError(str(error)) from None
+        raise UserError(str(error)) from None
     print(f"wrote {written} (image encoder, original key naming)")
     if args.to:
         folder = Path(args.to)

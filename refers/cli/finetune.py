@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 
 def setup_logging(is_main: bool) -> None:
@@ -28,7 +29,7 @@ def run(argv: Sequence[str] | None, prog: str, stage: str) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv, prog, stage)
 
-    from refers.data.images import UnreadableImageError
+    from refers.base.errors import UnreadableImageError
     from refers.engine.distributed import cleanup, init_distributed
 
     info = init_distributed(args.local_rank if args.local_rank >= 0 else None, args.device)
@@ -47,7 +48,7 @@ def run(argv: Sequence[str] | None, prog: str, stage: str) -> int:
                 print(f"mean AUC {outcome.mean_auc:.4f} (95% CI {low:.4f}-{high:.4f}) on {outcome.n_images} test images; "
                       f"predictions in {outcome.folder}")
     except UnreadableImageError as error:
-        raise CommandError(str(error).strip().splitlines()[-1].split("UnreadableImageError: ", 1)[-1]) from None
+        raise UserError(str(error).strip().splitlines()[-1].split("UnreadableImageError: ", 1)[-1]) from None
     finally:
         cleanup(info)
     return 0

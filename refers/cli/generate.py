@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 PROG = "refers generate"
 
@@ -31,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.beam_size < 1 or (args.max_length is not None and args.max_length < 1):
-        raise CommandError("--beam-size and --max-length must be >= 1", 2)
+        raise UserError("--beam-size and --max-length must be >= 1", 2)
     import torch
 
     from refers.config import Config, config_path
-    from refers.data.lists import atomic_write_text
-    from refers.engine.run_info import is_synthetic
+    from refers.base.atomic import atomic_write_text
+    from refers.base.synthetic import is_synthetic
     from refers.engine.train_state import load_state
     from refers.models.refers_model import build_refers_model
     from refers.text.report_tokenizer import ReportTokenizer
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         state = load_state(checkpoint)
     except ValueError as error:
-        raise CommandError(str(error)) from None
+        raise UserError(str(error)) from None
     saved = state["config"]
     saved["MODEL"]["VISUAL"]["PRETRAINED"] = ""  # the checkpoint holds the weights
     cfg = Config.from_dict(saved)
@@ -75,7 +76,7 @@ def _study_views(cfg, folder: Path):
 
     files = list_study_images(folder)
     if not files:
-        raise CommandError(f"{folder}: no PNG/JPEG images in this study folder")
+        raise UserError(f"{folder}: no PNG/JPEG images in this study folder")
     transform = build_view_transform(cfg, train=False)
     chosen = choose_views([OTHER] * len(files), cfg.DATA.NUM_VIEWS)  # view names unknown: file order
     return torch.stack([to_model_input(transform(open_grey(files[i], min_side=cfg.DATA.IMAGE_MIN_SIDE or None))) for i in chosen])

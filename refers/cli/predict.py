@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,13 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
-        raise CommandError("--batch_size must be >= 1", exit_code=2)
+        raise UserError("--batch_size must be >= 1", exit_code=2)
 
     import logging
 
     import torch
 
-    from refers.data.images import UnreadableImageError
+    from refers.base.errors import UnreadableImageError
     from refers.engine.distributed import DistInfo
     from refers.finetune.predict import predict
 
@@ -42,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = predict(args.checkpoint, args.images, args.out, args.model_type, args.img_size, args.dataset,
                       args.batch_size, args.skip_bad_images, DistInfo(device=device))
     except UnreadableImageError as error:
-        raise CommandError(f"{str(error).strip().splitlines()[-1]} (--skip_bad_images skips it)") from None
+        raise UserError(f"{str(error).strip().splitlines()[-1]} (--skip_bad_images skips it)") from None
     except KeyError as error:  # an unknown --dataset
-        raise CommandError(str(error).strip("'\""), exit_code=2) from None
+        raise UserError(str(error).strip("'\""), exit_code=2) from None
     print(out)
     return 0

@@ -20,7 +20,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 PROG = "refers prepare"
 DATASET_COMMANDS = ("mimic", "nih", "shenzhen", "covid", "vinbig")
@@ -115,7 +116,7 @@ def _spec(name: str):
     try:
         return get_dataset(name)
     except KeyError as error:
-        raise CommandError(str(error.args[0]), exit_code=2) from None
+        raise UserError(str(error.args[0]), exit_code=2) from None
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -126,24 +127,24 @@ def _validate(args: argparse.Namespace) -> None:
         try:
             normalise_ratios(args.ratios)
         except ValueError as error:
-            raise CommandError(str(error), exit_code=2) from None
+            raise UserError(str(error), exit_code=2) from None
     if getattr(args, "workers", None) is not None and args.workers < 1:
-        raise CommandError("--workers must be at least 1", exit_code=2)
+        raise UserError("--workers must be at least 1", exit_code=2)
     if args.action == "mimic":
         from refers.prepare.reports import SECTION_NAMES
 
         if args.short_side < 8:
-            raise CommandError("--short-side must be at least 8", exit_code=2)
+            raise UserError("--short-side must be at least 8", exit_code=2)
         unknown = [s for s in args.sections if s.lower() not in SECTION_NAMES]
         if unknown:
-            raise CommandError(f"unknown --sections {' '.join(unknown)} (known: {' '.join(SECTION_NAMES)})", exit_code=2)
+            raise UserError(f"unknown --sections {' '.join(unknown)} (known: {' '.join(SECTION_NAMES)})", exit_code=2)
     if args.action == "nih" and 0 < args.short_side < 8:
-        raise CommandError("--short-side must be 0 (keep the originals) or at least 8", exit_code=2)
+        raise UserError("--short-side must be 0 (keep the originals) or at least 8", exit_code=2)
     if args.action == "fractions":
         if not all(0 < p <= 100 for p in [*args.percent, *args.val_percent]) or any(k < 0 for k in args.seeds):
-            raise CommandError("--percent / --val-percent must be in (0, 100] and --seeds non-negative", exit_code=2)
+            raise UserError("--percent / --val-percent must be in (0, 100] and --seeds non-negative", exit_code=2)
     if args.action == "vinbig" and ((args.max_size is not None and args.max_size < 8) or not 0 < args.scale <= 1):
-        raise CommandError("--scale must be in (0, 1] and --max-size at least 8", exit_code=2)
+        raise UserError("--scale must be in (0, 1] and --max-size at least 8", exit_code=2)
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -199,21 +200,21 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         from refers.prepare.fractions import write_fractions
 
         if spec.alias == "mimic":
-            raise CommandError("fractions are for the fine-tuning datasets (nih, vinbig, shenzhen, covid)", exit_code=2)
+            raise UserError("fractions are for the fine-tuning datasets (nih, vinbig, shenzhen, covid)", exit_code=2)
         write_fractions(lists, args.percent, args.seeds, args.val_percent, spec.label_columns, args.force, cmd).print()
         return 0
     if args.action == "pack":
         from refers.data.packed_cache import PackError, build_packed_cache
 
         if args.size < 8:
-            raise CommandError("--size must be at least 8", exit_code=2)
+            raise UserError("--size must be at least 8", exit_code=2)
         images = args.images if args.images is not None else layout.image_root_for(spec, lists)
         out = args.out if args.out is not None else layout.raw_dir(spec) / f"packed_{args.size}"
         try:
             files = sorted(p for p in lists.glob("*.txt") if p.name.split("_")[0].split(".")[0] in ("train", "val", "valid", "test"))
             build_packed_cache(files, images, out, args.size, args.workers or default_workers())
         except PackError as error:
-            raise CommandError(str(error)) from None
+            raise UserError(str(error)) from None
         print(f"packed the images of {lists} into {out} (use it with train.py --packed_cache {out})")
         return 0
 
@@ -235,4 +236,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args, argv)
     except (PrepareError, MissingDicomDecoder) as error:
-        raise CommandError(str(error)) from None
+        raise UserError(str(error)) from None

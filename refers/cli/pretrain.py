@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 PROG = "pretrain_refers.py"
 
@@ -61,11 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for name in ("cpu_workers", "num_machines", "machine_rank"):
         if getattr(args, name) < 0:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 0", 2)
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0", 2)
     if args.num_machines < 1 or args.machine_rank >= args.num_machines:
-        raise CommandError(f"--machine-rank must be in 0..{args.num_machines - 1} (--num-machines {args.num_machines})", 2)
+        raise UserError(f"--machine-rank must be in 0..{args.num_machines - 1} (--num-machines {args.num_machines})", 2)
     if args.checkpoint_every < 1 or args.log_every < 1:
-        raise CommandError("--checkpoint-every and --log-every must be >= 1", 2)
+        raise UserError("--checkpoint-every and --log-every must be >= 1", 2)
     cfg = _load_config(args)
     torchrun = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
     gpus = _check_devices(args.num_gpus_per_machine, torchrun)
@@ -100,9 +101,9 @@ def _load_config(args: argparse.Namespace) -> Any:
     try:
         return load_config(args.config, overrides)
     except ConfigError as error:
-        raise CommandError(str(error), 2) from None
+        raise UserError(str(error), 2) from None
     except FileNotFoundError as error:
-        raise CommandError(str(error), 2) from None
+        raise UserError(str(error), 2) from None
 
 
 def _check_devices(requested: int | None, torchrun: bool) -> int:
@@ -113,13 +114,13 @@ def _check_devices(requested: int | None, torchrun: bool) -> int:
     if requested is None:
         return 1 if visible else 0
     if requested < 0:
-        raise CommandError("--num-gpus-per-machine must be >= 0", 2)
+        raise UserError("--num-gpus-per-machine must be >= 0", 2)
     if requested > visible:
         where = "no GPU is visible (torch.cuda.is_available() is False)" if not visible else f"only {visible} GPU(s) are visible"
         fix = "--num-gpus-per-machine 0 to train on the CPU" if not visible else f"--num-gpus-per-machine {visible} or fewer"
-        raise CommandError(f"--num-gpus-per-machine {requested} asks for GPUs but {where}; pass {fix}", 2)
+        raise UserError(f"--num-gpus-per-machine {requested} asks for GPUs but {where}; pass {fix}", 2)
     if torchrun and requested > 1:
-        raise CommandError("under torchrun each process takes one GPU: pass --num-gpus-per-machine 1 (or 0 for CPU)", 2)
+        raise UserError("under torchrun each process takes one GPU: pass --num-gpus-per-machine 1 (or 0 for CPU)", 2)
     return requested
 
 
@@ -130,10 +131,10 @@ def _check_inputs(cfg: Any) -> None:
     try:
         bert_dir(cfg)
     except BertNotFoundError as error:
-        raise CommandError(str(error), 2) from None
+        raise UserError(str(error), 2) from None
     train_list = config_path(cfg.DATA.TRAIN_LIST)
     if train_list is None or not train_list.is_file():
-        raise CommandError(
+        raise UserError(
             f"DATA.TRAIN_LIST {train_list} does not exist: prepare MIMIC-CXR first ('refers prepare mimic'), or pass "
             "--config-override DATA.TRAIN_LIST <list> DATA.IMAGE_ROOT <folder>"
         )
@@ -142,11 +143,11 @@ def _check_inputs(cfg: Any) -> None:
 def _check_dist_url(value: str) -> None:
     url = urlparse(value)
     if url.scheme not in ("tcp", "env") or (url.scheme == "tcp" and not (url.hostname and url.port)):
-        raise CommandError(f"--dist-url must look like tcp://HOST:PORT (or env:// to use MASTER_ADDR/MASTER_PORT), got {value!r}", 2)
+        raise UserError(f"--dist-url must look like tcp://HOST:PORT (or env:// to use MASTER_ADDR/MASTER_PORT), got {value!r}", 2)
 
 
 def _serialization_dir(value: str | None) -> Path:
-    from refers.paths import project_root
+    from refers.base.paths import project_root
 
     folder = Path(value) if value else project_root() / "Pre-train" / "runs" / "refers"
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,7 +173,7 @@ def _ensure_tokenizers(cfg: Any) -> None:
     try:
         ensure_tokenizers(cfg, log=lambda message: print(f"{PROG}: {message}", file=sys.stderr))
     except ValueError as error:
-        raise CommandError(str(error)) from None
+        raise UserError(str(error)) from None
 
 
 def _write_run_info(folder: Path, argv: list[str], cfg: Any, gpus: int, world: int) -> None:
@@ -180,7 +181,8 @@ def _write_run_info(folder: Path, argv: list[str], cfg: Any, gpus: int, world: i
 
     from refers.config import config_path
     from refers.data.pretrain_dataset import resolve_image_root
-    from refers.engine.run_info import is_synthetic, write_run_info
+    from refers.base.synthetic import is_synthetic
+    from refers.engine.run_info import write_run_info
 
     train_list = config_path(cfg.DATA.TRAIN_LIST)
     synthetic = is_synthetic(resolve_image_root(cfg, train_list), train_list)
@@ -194,7 +196,7 @@ def _write_run_info(folder: Path, argv: list[str], cfg: Any, gpus: int, world: i
 def _spawned(local_rank: int, launch: dict[str, Any]) -> None:
     try:
         code = _worker(local_rank, launch)
-    except CommandError as error:
+    except UserError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         code = error.exit_code
     if code:

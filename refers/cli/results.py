@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,31 +43,31 @@ def _inside(path: Path, root: Path) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.bootstrap < 0:
-        raise CommandError(f"--bootstrap must be >= 0, got {args.bootstrap}", exit_code=2)
+        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}", exit_code=2)
     from tqdm import tqdm
 
-    from refers.data.lists import atomic_write_text
-    from refers.engine.run_info import SYNTHETIC_MARKER
+    from refers.base.atomic import atomic_write_text
+    from refers.base.synthetic import SYNTHETIC_MARKER
     from refers.eval.figures import write_figures
     from refers.eval.report import build_report
     from refers.eval.tables import console_summary, write_tables
     from refers.eval.tree import discover
-    from refers.paths import results_dir
+    from refers.base.paths import results_dir
 
     root = Path(args.dir).expanduser().resolve() if args.dir else results_dir()
     out = Path(args.out).expanduser().resolve() if args.out else default_out(Path.cwd().resolve())
     if _inside(out, root):
-        raise CommandError(f"output folder {out} is inside the results tree {root}; pass --out elsewhere (the tree is never written)", exit_code=2)
+        raise UserError(f"output folder {out} is inside the results tree {root}; pass --out elsewhere (the tree is never written)", exit_code=2)
     tree = discover(root)
     if not tree.runs:
         problems = "".join(f"\n  {p}" for p in tree.problems)
-        raise CommandError(f"no prediction files under {root} (layout <Dataset>/<fraction or task>/<METHOD>/[seed<k>/]<Class>.txt){problems}")
+        raise UserError(f"no prediction files under {root} (layout <Dataset>/<fraction or task>/<METHOD>/[seed<k>/]<Class>.txt){problems}")
     compare = None
     if args.compare:  # spelled as in the tree (case-insensitive match)
         compare = next((run.method for run in tree.runs if run.method.lower() == args.compare.lower()), None)
         if compare is None:
             methods = ", ".join(sorted({run.method for run in tree.runs}))
-            raise CommandError(f"--compare {args.compare}: no such method in {root} (found: {methods})", exit_code=2)
+            raise UserError(f"--compare {args.compare}: no such method in {root} (found: {methods})", exit_code=2)
 
     def progress(items, desc="evaluating runs"):
         return tqdm(items, desc=desc, unit="item", disable=None, leave=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1:
-        raise CommandError(f"--jobs must be >= 1, got {args.jobs}", exit_code=2)
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}", exit_code=2)
     from refers.sweep import SweepConfigError, load_config
     from refers.sweep_runner import run_sweep
 
@@ -40,9 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides)
     except SweepConfigError as error:
-        raise CommandError(str(error), exit_code=2) from None
+        raise UserError(str(error), exit_code=2) from None
     if config.execution == "in-process" and args.jobs != 1:
-        raise CommandError("in-process execution runs one command at a time: drop --jobs or --in-process", exit_code=2)
+        raise UserError("in-process execution runs one command at a time: drop --jobs or --in-process", exit_code=2)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     outcome = run_sweep(config, jobs=args.jobs, devices=devices, dry_run=args.dry_run)
     if args.dry_run:
@@ -54,5 +55,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"selected for {dataset} {percent}% {arm}: {choice['candidate']} (mean validation AUC {scores})")
     print(f"commands: {config.log_path}; predictions: {config.results_dir}")
     if outcome.failures:
-        raise CommandError(f"{len(outcome.failures)} run(s) failed:\n  " + "\n  ".join(outcome.failures))
+        raise UserError(f"{len(outcome.failures)} run(s) failed:\n  " + "\n  ".join(outcome.failures))
     return 0

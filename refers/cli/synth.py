@@ -13,7 +13,8 @@ import os
 import sys
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 from refers.data.registry import get_dataset
 
 PROG = "refers synth"
@@ -76,20 +77,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     datasets = _resolve(args.datasets, parser)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise CommandError(f"--out {args.out} is a file, not a folder", exit_code=2)
+        raise UserError(f"--out {args.out} is a file, not a folder", exit_code=2)
     from refers.data.synth import NotSyntheticError, generate
 
     if "VinBigData_Chest_X-ray" in datasets:
         try:
             import pydicom  # noqa: F401
         except ImportError:
-            raise CommandError("VinBigData needs pydicom to write DICOM files: pip install pydicom "
+            raise UserError("VinBigData needs pydicom to write DICOM files: pip install pydicom "
                                "(or leave it out with --datasets)") from None
     try:
         summary = generate(args.out, studies=args.studies, seed=args.seed, image_size=args.image_size,
                            datasets=datasets, workers=args.workers, progress=not args.no_progress)
     except NotSyntheticError as error:
-        raise CommandError(str(error), exit_code=1) from None
+        raise UserError(str(error), exit_code=1) from None
     for name, counts in summary.items():
         details = ", ".join(f"{key} {value}" for key, value in counts.items())
         print(f"{args.out}/{name}: {details} (SYNTHETIC)")

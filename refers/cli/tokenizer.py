@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from refers.cli.common import CommandError, command
+from refers.base.errors import UserError as UserError
+from refers.cli.common import command
 
 PROG = "refers tokenizer"
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.vocab_size < 16 or args.wordpiece_vocab_size < 0 or 0 < args.wordpiece_vocab_size < 16:
-        raise CommandError("vocabulary sizes must be at least 16 (or --wordpiece-vocab-size 0)", exit_code=2)
+        raise UserError("vocabulary sizes must be at least 16 (or --wordpiece-vocab-size 0)", exit_code=2)
     from refers.text.bert import train_wordpiece
     from refers.text.report_tokenizer import ReportTokenizer, train_report_tokenizer
     from refers.text.training import BPE_FILE, WORDPIECE_DIR, read_report_texts, stamp_if_synthetic
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         texts = read_report_texts(args.reports)
     except ValueError as error:
-        raise CommandError(str(error)) from None
+        raise UserError(str(error)) from None
     out = Path(args.out)
     model_path = train_report_tokenizer(texts, out / BPE_FILE, args.vocab_size)
     size = len(ReportTokenizer(model_path))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refers.data.images import UnreadableImageError
+from refers.base.errors import UnreadableImageError
 
 # Transfer syntax UID -> the pip packages that decode it for pydicom 3.
 _DECODERS = {

@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from refers.base.errors import UnreadableImageError
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
-
-
-class UnreadableImageError(OSError):
-    """An image that exists but cannot be decoded; the message names the file."""
 
 
 def open_grey(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:

@@ -10,23 +10,15 @@ label-less folder lists. A malformed line is rejected with its file and line num
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from refers.base.atomic import atomic_write_text
+from refers.base.errors import ListFormatError
 from refers.data.registry import SPLIT_ALIASES
-
-
-class ListFormatError(ValueError):
-    """A list file line that cannot be read; the message names the file and line number."""
-
-    def __init__(self, path: str | os.PathLike, line_number: int, reason: str):
-        self.path = str(path)
-        self.line_number = line_number
-        super().__init__(f"{path}:{line_number}: {reason}")
 
 
 @dataclass
@@ -150,16 +142,3 @@ def write_list(path: str | os.PathLike, paths: Iterable[str], labels: np.ndarray
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

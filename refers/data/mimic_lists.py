@@ -31,8 +31,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from refers.data.lists import ListFormatError, atomic_write_text
-from refers.paths import safe_join
+from refers.base.errors import ListFormatError
+from refers.base.atomic import atomic_write_text
+from refers.base.paths import safe_join
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _PATIENT = re.compile(r"^p\d+$")

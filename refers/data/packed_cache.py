@@ -95,7 +95,8 @@ def build_packed_cache(list_files: Sequence[str | os.PathLike], image_root: str 
     Raises:
         PackError: an image that is missing or unreadable (the first few are named).
     """
-    from refers.prepare.common import parallel_map, stamp_synthetic, synthetic_marker
+    from refers.prepare.common import parallel_map
+    from refers.base.synthetic import stamp_synthetic, synthetic_marker
     from refers.prepare.layout import locate_image
 
     if size < 8:
@@ -144,7 +145,7 @@ def build_packed_cache(list_files: Sequence[str | os.PathLike], image_root: str 
     meta = {"format": PACK_FORMAT, "size": size, "count": len(paths), "bytes": int(written),
             "lists": [str(Path(p).resolve()) for p in list_files], "image_root": str(image_root.resolve()),
             "synthetic": marker is not None}
-    from refers.data.lists import atomic_write_text
+    from refers.base.atomic import atomic_write_text
 
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     return out

@@ -26,7 +26,7 @@ from refers.data.images import open_grey
 from refers.data.mimic_lists import Study
 from refers.data.study_table import StudyTable, load_study_table
 from refers.data.pretrain_transforms import build_view_transform, flip, to_model_input
-from refers.paths import data_dir
+from refers.base.paths import data_dir
 from refers.text.normalize import swap_left_right
 
 logger = logging.getLogger(__name__)

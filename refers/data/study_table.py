@@ -8,7 +8,7 @@ holds it is copied into the worker (copy-on-write after ``fork`` does not surviv
 :class:`StudyTable` keeps the same information in flat arrays (UTF-8 buffers with offsets, int8
 view codes, a float16 label matrix): a handful of Python objects in total, whose pages workers
 only read. ``table[i]`` builds the one :class:`Study` a sample needs, with absolute image paths
-checked by :func:`refers.paths.safe_join`.
+checked by :func:`refers.base.paths.safe_join`.
 
 Loading a ``{split}_studies.jsonl`` parses it once (about 15 us per study) and keeps the columns in
 a cache folder beside it (``.<name>.table/``, keyed by the index's size and modification time) that
@@ -26,9 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.data.lists import ListFormatError
+from refers.base.errors import ListFormatError
 from refers.data.mimic_lists import Study, read_study_index
-from refers.paths import safe_join
+from refers.base.paths import safe_join
 
 CACHE_VERSION = 1
 SPLIT_NAMES = ("", "train", "val", "test", "validate")

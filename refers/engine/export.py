@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from refers.data.lists import atomic_write_text
-from refers.engine.checkpoint_io import atomic_torch_save, safe_load
+from refers.base.atomic import atomic_write_text
+from refers.base.checkpoints import atomic_torch_save, safe_load
 from refers.models.weights import timm_to_original
 
 ENCODER_PREFIX = "image_encoder."
@@ -67,7 +67,7 @@ def save_encoder(
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "pth") -> Path:
     """Read a pre-training checkpoint (weights_only) and write its image encoder to ``out``."""
-    from refers.engine.run_info import is_synthetic
+    from refers.base.synthetic import is_synthetic
 
     raw = safe_load(checkpoint)
     model_state = raw.get("model") if isinstance(raw, dict) and isinstance(raw.get("model"), dict) else raw

@@ -17,7 +17,7 @@ def build_refers_parts(cfg: Any, device: torch.device) -> TrainParts:
     """
     from refers.config import config_path
     from refers.data.pretrain_dataset import StudyDataset, collate_studies, resolve_image_root
-    from refers.engine.run_info import is_synthetic
+    from refers.base.synthetic import is_synthetic
     from refers.models.refers_model import build_refers_model
     from refers.text.bert import load_bert_tokenizer
     from refers.text.report_tokenizer import ReportTokenizer

@@ -17,11 +17,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
-from refers.data.lists import atomic_write_text
-from refers.paths import project_root
+from refers.base.atomic import atomic_write_text
+from refers.base.synthetic import SYNTHETIC_MARKER
+from refers.base.paths import project_root
 
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "tokenizers", "sentencepiece", "numpy", "pillow", "refers")
-SYNTHETIC_MARKER = "SYNTHETIC.txt"
 
 
 def git_commit(root: str | os.PathLike | None = None) -> str:
@@ -58,18 +58,6 @@ def device_description(device: Any, world_size: int) -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
-
-
-def is_synthetic(*paths: str | os.PathLike | None) -> bool:
-    """True when a data folder (or a folder above a list file) carries the synthetic-data marker."""
-    for path in paths:
-        if not path:
-            continue
-        path = Path(path).resolve()
-        for folder in (path, *path.parents):
-            if (folder / SYNTHETIC_MARKER).is_file():
-                return True
-    return False
 
 
 def write_run_info(

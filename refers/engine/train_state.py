@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from refers.engine.checkpoint_io import atomic_torch_save, safe_load
+from refers.base.checkpoints import atomic_torch_save, safe_load
 
 FORMAT = "refers-pretrain-state"
 VERSION = 1

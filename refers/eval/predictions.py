@@ -14,7 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.data.lists import ListFormatError, atomic_write_text, format_label
+from refers.base.errors import ListFormatError
+from refers.base.atomic import atomic_write_text
+from refers.data.lists import format_label
 from refers.data.registry import safe_class_filename
 
 

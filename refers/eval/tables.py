@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.data.lists import atomic_write_text
+from refers.base.atomic import atomic_write_text
 from refers.eval.metrics import percentile_interval
 from refers.eval.report import MethodSummary, Report, RunResult
 from refers.eval.tree import METHOD_NAMES, dataset_key, group_key, group_label, method_key

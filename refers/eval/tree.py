@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from refers.data.lists import ListFormatError
+from refers.base.errors import ListFormatError
 from refers.data.registry import DATASETS, FINETUNE_DATASETS
-from refers.engine.run_info import SYNTHETIC_MARKER
+from refers.base.synthetic import SYNTHETIC_MARKER
 from refers.eval.predictions import prediction_filename, read_prediction_file
 
 # Text files in a run folder that are not prediction files (matched lower-case): markers, test.py's

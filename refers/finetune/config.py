@@ -13,9 +13,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-from refers.cli.common import CommandError
+from refers.base.errors import UserError as UserError
 from refers.data.registry import FINETUNE_DATASETS
-from refers.paths import project_root
+from refers.base.paths import project_root
 
 DATASET_CHOICES = (*FINETUNE_DATASETS, "custom")
 DATA_VOLUMES = (1, 10, 50, 100)
@@ -124,29 +124,29 @@ def find_preset(value: str) -> Path:
     if candidate.is_file():
         return candidate
     known = ", ".join(sorted(p.stem for p in presets_dir().glob("*.yaml")))
-    raise CommandError(f"--config {value}: no such file or preset (presets: {known or 'none'})", exit_code=2)
+    raise UserError(f"--config {value}: no such file or preset (presets: {known or 'none'})", exit_code=2)
 
 
 def read_preset(path: Path, data_volume: int | None, known: set[str]) -> dict[str, Any]:
     """The flag defaults a preset sets, its ``by_data_volume`` section for ``data_volume`` applied.
 
     Raises:
-        CommandError: for a malformed file or an unknown key (exit code 2).
+        UserError: for a malformed file or an unknown key (exit code 2).
     """
     import yaml
 
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise CommandError(f"{path}: not valid YAML: {error}", exit_code=2) from None
+        raise UserError(f"{path}: not valid YAML: {error}", exit_code=2) from None
     if not isinstance(raw, dict):
-        raise CommandError(f"{path}: a preset is a mapping of flag names to values", exit_code=2)
+        raise UserError(f"{path}: a preset is a mapping of flag names to values", exit_code=2)
     by_volume = raw.pop("by_data_volume", {}) or {}
     volume = data_volume if data_volume is not None else raw.get("data_volume", 100)
     values = {**raw, **(by_volume.get(int(volume), {}) or {})}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise CommandError(f"{path}: unknown key(s) {', '.join(unknown)} (keys are flag names without --)", exit_code=2)
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} (keys are flag names without --)", exit_code=2)
     return values
 
 
@@ -183,19 +183,19 @@ def check_numbers(args: argparse.Namespace) -> None:
     positive = ("train_batch_size", "eval_batch_size", "num_steps", "gradient_accumulation_steps")
     for name in positive:
         if getattr(args, name) < 1:
-            raise CommandError(f"--{name} must be >= 1, got {getattr(args, name)}", exit_code=2)
+            raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}", exit_code=2)
     if args.eval_every is not None and args.eval_every < 1:
-        raise CommandError(f"--eval_every must be >= 1, got {args.eval_every}", exit_code=2)
+        raise UserError(f"--eval_every must be >= 1, got {args.eval_every}", exit_code=2)
     if args.img_size is not None and args.img_size < 8:
-        raise CommandError(f"--img_size must be >= 8, got {args.img_size}", exit_code=2)
+        raise UserError(f"--img_size must be >= 8, got {args.img_size}", exit_code=2)
     if not 0.0 < args.min_crop_area <= 1.0:
-        raise CommandError(f"--min_crop_area must be in (0, 1], got {args.min_crop_area}", exit_code=2)
+        raise UserError(f"--min_crop_area must be in (0, 1], got {args.min_crop_area}", exit_code=2)
     if args.warmup_steps < 0 or args.learning_rate <= 0 or args.max_grad_norm <= 0 or args.loss_scale < 0:
-        raise CommandError("--warmup_steps and --loss_scale must be >= 0, --learning_rate and --max_grad_norm > 0", exit_code=2)
+        raise UserError("--warmup_steps and --loss_scale must be >= 0, --learning_rate and --max_grad_norm > 0", exit_code=2)
     if args.fp16 and args.bf16:
-        raise CommandError("--fp16 and --bf16 exclude each other", exit_code=2)
+        raise UserError("--fp16 and --bf16 exclude each other", exit_code=2)
     if args.num_workers is not None and args.num_workers < 0:
-        raise CommandError("--num_workers must be >= 0", exit_code=2)
+        raise UserError("--num_workers must be >= 0", exit_code=2)
 
 
 def to_plain(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from refers.cli.common import CommandError
+from refers.base.errors import UserError as UserError
 from refers.data.device_transforms import ORIGINAL_MIN_CROP_AREA, host_eval_transform, host_train_transform
-from refers.data.images import UnreadableImageError, open_grey
+from refers.base.errors import UnreadableImageError
+from refers.data.images import open_grey
 from refers.data.lists import ImageList, find_split_file, read_list
 from refers.data.registry import get_dataset
-from refers.engine.run_info import is_synthetic
-from refers.paths import data_dir, processed_dir
+from refers.base.synthetic import is_synthetic
+from refers.base.paths import data_dir, processed_dir
 from refers.prepare.common import image_root_of, read_dataset_yaml
 from refers.prepare.fractions import fraction_name
 from refers.prepare.layout import locate_image
@@ -66,20 +67,20 @@ def resolve_data(args: argparse.Namespace) -> DataSetup:
     """The data of a run from its flags (``--dataset``, ``--list_dir``, ``--data_root``, ``--classes``).
 
     Raises:
-        CommandError: unknown dataset, a ``--num_classes`` that does not fit, missing folders.
+        UserError: unknown dataset, a ``--num_classes`` that does not fit, missing folders.
     """
     if args.dataset is None:
-        raise CommandError("--dataset is required (or run Fine-tune/<Dataset>/train.py)", exit_code=2)
+        raise UserError("--dataset is required (or run Fine-tune/<Dataset>/train.py)", exit_code=2)
     info: dict = {}
     if args.dataset == "custom":
         if not args.list_dir:
-            raise CommandError("--dataset custom needs --list_dir (and --data_root, --classes)", exit_code=2)
+            raise UserError("--dataset custom needs --list_dir (and --data_root, --classes)", exit_code=2)
         list_dir = Path(args.list_dir)
         info = read_dataset_yaml(list_dir) if list_dir.is_dir() else {}
         names = args.classes.split(",") if args.classes else info.get("classes")
         if not names:
             if not args.num_classes:
-                raise CommandError("--dataset custom needs --classes (or --num_classes)", exit_code=2)
+                raise UserError("--dataset custom needs --classes (or --num_classes)", exit_code=2)
             names = [f"class_{i}" for i in range(args.num_classes)]
         classes = tuple(str(n).strip() for n in names)
         default_roots: list[Path] = []
@@ -92,11 +93,11 @@ def resolve_data(args: argparse.Namespace) -> DataSetup:
         columns = spec.label_columns
     if args.num_classes is not None and args.num_classes != len(classes):
         kind = "binary: one output, the positive column of its two one-hot columns" if len(classes) == 1 else "classes"
-        raise CommandError(
+        raise UserError(
             f"--num_classes {args.num_classes} does not fit {args.dataset}: it has {len(classes)} output(s) ({kind})", exit_code=2
         )
     if not list_dir.is_dir():
-        raise CommandError(f"list folder not found: {list_dir} (run refers prepare, or pass --list_dir)")
+        raise UserError(f"list folder not found: {list_dir} (run refers prepare, or pass --list_dir)")
     if args.data_root:
         roots = [Path(args.data_root)]
     else:
@@ -116,7 +117,7 @@ def fraction_file(list_dir: Path, split: str, volume: int, seed: int | None) -> 
     name = fraction_name(split, volume, seed)
     path = list_dir / name
     if not path.is_file():
-        raise CommandError(
+        raise UserError(
             f"no {name} in {list_dir}: make the {volume}% draw with refers prepare (fractions), "
             "or pick another --data_volume / --data_seed"
         )
@@ -138,7 +139,7 @@ def locate_images(images: ImageList, roots: Sequence[Path], skip_missing: bool) 
         unless ``skip_missing`` dropped some).
 
     Raises:
-        CommandError: a missing image (file and list line in the message) without ``skip_missing``.
+        UserError: a missing image (file and list line in the message) without ``skip_missing``.
     """
     search = [path for root in roots for path in (Path(root), Path(root) / "images")]  # + the README's flat images/
     files: list[Path] = []
@@ -148,11 +149,11 @@ def locate_images(images: ImageList, roots: Sequence[Path], skip_missing: bool) 
         try:
             found = next(filter(None, (locate_image(root, relative) for root in search)), None)
         except ValueError as error:  # the path escapes its root
-            raise CommandError(f"{images.source}:{images.line_numbers[i]}: {error}") from None
+            raise UserError(f"{images.source}:{images.line_numbers[i]}: {error}") from None
         if found is None:
             if not skip_missing:
                 where = ", ".join(str(r) for r in roots)
-                raise CommandError(
+                raise UserError(
                     f"image {relative} not found ({images.source}:{images.line_numbers[i]}); looked under {where} "
                     "(--data_root sets the image folder; --skip_bad_images skips missing images)"
                 )
@@ -240,7 +241,7 @@ def build_dataset(setup: DataSetup, list_file: Path, img_size: int, train: bool,
     ``min_crop_area`` is the smallest random crop of the training transform."""
     images = read_targets(setup, list_file)
     if len(images) == 0:
-        raise CommandError(f"{list_file} holds no images")
+        raise UserError(f"{list_file} holds no images")
     if packed:
         from refers.data.packed_cache import PackError, PackedDataset, PackedImages
 
@@ -248,7 +249,7 @@ def build_dataset(setup: DataSetup, list_file: Path, img_size: int, train: bool,
         try:
             return PackedDataset(PackedImages(packed), images.paths, images.labels, transform), images
         except PackError as error:
-            raise CommandError(f"--packed_cache: {error}") from None
+            raise UserError(f"--packed_cache: {error}") from None
     files, kept = locate_images(images, setup.image_roots, skip_bad)
     images = images.subset(kept) if len(kept) != len(images.paths) else images
     where = [f"{images.source}:{line}" for line in images.line_numbers]

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from refers.cli.common import CommandError
-from refers.data.lists import atomic_write_text
-from refers.engine.checkpoint_io import UnsafeCheckpointError, atomic_torch_save
+from refers.base.errors import UserError as UserError
+from refers.base.atomic import atomic_write_text
+from refers.base.checkpoints import UnsafeCheckpointError, atomic_torch_save
 from refers.models.vit import VIT_SHAPES, build_vit, is_original_vit
 from refers.models.weights import EncoderWeightsNotFound, load_encoder_weights, read_state_dict
 
@@ -43,7 +43,7 @@ def build_classifier(model_type: str, img_size: int, num_classes: int, global_po
             raise ValueError(f"--global_pool {global_pool} applies to the ViTs of refers.models.vit, not {model_type}")
         return build_vit(model_type, img_size=img_size, num_classes=num_classes, global_pool=global_pool)
     except ValueError as error:
-        raise CommandError(str(error), exit_code=2) from None
+        raise UserError(str(error), exit_code=2) from None
 
 
 def initialise(model: nn.Module, init: str, pretrained_dir: str | None) -> str:
@@ -53,17 +53,17 @@ def initialise(model: nn.Module, init: str, pretrained_dir: str | None) -> str:
         A one-line report of what was loaded.
 
     Raises:
-        CommandError: no ``--pretrained_dir``, a missing file, a file without encoder weights or
+        UserError: no ``--pretrained_dir``, a missing file, a file without encoder weights or
             with Python objects (never falls back to random weights silently).
     """
     if init == "scratch":
         return "training from random weights (--init scratch)"
     if not pretrained_dir:
-        raise CommandError("--pretrained_dir is required (a pre-trained checkpoint), or pass --init scratch", exit_code=2)
+        raise UserError("--pretrained_dir is required (a pre-trained checkpoint), or pass --init scratch", exit_code=2)
     try:
         report = load_encoder_weights(model, pretrained_dir)
     except (EncoderWeightsNotFound, UnsafeCheckpointError) as error:
-        raise CommandError(str(error)) from None
+        raise UserError(str(error)) from None
     return f"{pretrained_dir}: {report.summary()}"
 
 
@@ -103,7 +103,7 @@ def read_metadata(checkpoint: str | os.PathLike) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise CommandError(f"{path}: not valid JSON ({error})") from None
+        raise UserError(f"{path}: not valid JSON ({error})") from None
     return data if isinstance(data, dict) and data.get("format") == METADATA_FORMAT else {}
 
 
@@ -144,16 +144,16 @@ def load_finetuned(checkpoint: str | os.PathLike, model_type: str | None, img_si
         (model in eval mode, settings used: model_type, img_size, num_classes, metadata).
 
     Raises:
-        CommandError: missing file, unsafe pickle, no head, or an architecture that cannot be told.
+        UserError: missing file, unsafe pickle, no head, or an architecture that cannot be told.
     """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        raise CommandError(f"checkpoint not found: {checkpoint} (train first, or pass --pretrained_dir / --checkpoint)")
+        raise UserError(f"checkpoint not found: {checkpoint} (train first, or pass --pretrained_dir / --checkpoint)")
     meta = read_metadata(checkpoint)
     try:
         state, _ = read_state_dict(checkpoint)
     except (EncoderWeightsNotFound, UnsafeCheckpointError) as error:
-        raise CommandError(str(error)) from None
+        raise UserError(str(error)) from None
     shapes = infer_architecture(state)
     settings = {
         "model_type": model_type or meta.get("model_type") or shapes.get("model_type"),
@@ -161,18 +161,18 @@ def load_finetuned(checkpoint: str | os.PathLike, model_type: str | None, img_si
         "num_classes": num_classes or meta.get("num_classes") or shapes.get("num_classes"),
     }
     if not settings["model_type"] or not settings["num_classes"]:
-        raise CommandError(f"cannot tell the architecture of {checkpoint}; pass --model_type and --num_classes")
+        raise UserError(f"cannot tell the architecture of {checkpoint}; pass --model_type and --num_classes")
     if "num_classes" in shapes and shapes["num_classes"] != settings["num_classes"]:
-        raise CommandError(f"{checkpoint} has a head of {shapes['num_classes']} outputs, not {settings['num_classes']}")
+        raise UserError(f"{checkpoint} has a head of {shapes['num_classes']} outputs, not {settings['num_classes']}")
     model = build_classifier(settings["model_type"], int(settings["img_size"]), int(settings["num_classes"]),
                              meta.get("global_pool", "token"))
     try:
         report = load_encoder_weights(model, checkpoint, load_head=True)
     except EncoderWeightsNotFound as error:
-        raise CommandError(str(error)) from None
+        raise UserError(str(error)) from None
     head_keys = [k for k, _ in head_module(model).named_parameters()]
     prefix = next((p for p in ("head.", "fc.", "classifier.") if any(k.startswith(p) for k in state)), None)
     if prefix is None or any(f"{prefix}{k}" not in state for k in head_keys):
-        raise CommandError(f"{checkpoint} holds no classification head for {settings['num_classes']} classes (a pre-training checkpoint?)")
+        raise UserError(f"{checkpoint} holds no classification head for {settings['num_classes']} classes (a pre-training checkpoint?)")
     logger.info("%s: %s", checkpoint, report.summary())
     return model.eval(), {**settings, "metadata": meta}

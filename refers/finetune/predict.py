@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.cli.common import CommandError
-from refers.data.lists import atomic_write_text
+from refers.base.errors import UserError as UserError
+from refers.base.atomic import atomic_write_text
 from refers.data.registry import get_dataset
 from refers.engine.distributed import DistInfo
 from refers.finetune.data import ListDataset, eval_transform
@@ -35,7 +35,7 @@ def collect_images(items: Sequence[str | os.PathLike]) -> list[Path]:
 
     Raises:
         FileNotFoundError: an item that does not exist.
-        CommandError: no image at all.
+        UserError: no image at all.
     """
     files: list[Path] = []
     for item in items:
@@ -47,7 +47,7 @@ def collect_images(items: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such image or folder: {path}")
     if not files:
-        raise CommandError(f"no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images in {', '.join(map(str, items))}")
+        raise UserError(f"no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images in {', '.join(map(str, items))}")
     return files
 
 

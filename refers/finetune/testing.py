@@ -26,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from refers.data.lists import atomic_write_text, find_split_file
+from refers.base.atomic import atomic_write_text
+from refers.data.lists import find_split_file
 from refers.engine.distributed import DistInfo
-from refers.engine.run_info import SYNTHETIC_MARKER, device_description, git_commit, package_versions
+from refers.base.synthetic import SYNTHETIC_MARKER
+from refers.engine.run_info import device_description, git_commit, package_versions
 from refers.eval.metrics import bootstrap_ci, mean_auc, per_class_auc
 from refers.eval.predictions import write_prediction_files
 from refers.finetune.config import to_plain
@@ -36,7 +38,7 @@ from refers.finetune.data import build_dataset, default_workers, resolve_data
 from refers.finetune.evaluate import evaluate
 from refers.finetune.model import load_finetuned
 from refers.finetune.precision import make_precision
-from refers.paths import results_dir
+from refers.base.paths import results_dir
 from refers.prepare.common import sha256_file
 
 logger = logging.getLogger(__name__)

@@ -27,13 +27,14 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from refers.cli.common import CommandError
+from refers.base.errors import UserError as UserError
 from refers.data.device_transforms import to_model_input
-from refers.data.images import UnreadableImageError
-from refers.data.lists import atomic_write_text
-from refers.engine.checkpoint_io import atomic_torch_save, safe_load
+from refers.base.errors import UnreadableImageError
+from refers.base.atomic import atomic_write_text
+from refers.base.checkpoints import atomic_torch_save, safe_load
 from refers.engine.distributed import DistInfo
-from refers.engine.run_info import SYNTHETIC_MARKER, write_run_info
+from refers.base.synthetic import SYNTHETIC_MARKER
+from refers.engine.run_info import write_run_info
 from refers.engine.sampling import DataPosition, ResumableBatchSampler, SeededDataset, cycle_batches
 from refers.engine.train_state import capture_rng_state, restore_rng_state, seed_everything
 from refers.eval.metrics import mean_auc, per_class_auc
@@ -80,7 +81,7 @@ def batch_sizes(args: argparse.Namespace, info: DistInfo) -> tuple[int, int]:
     """(training micro-batch, evaluation batch) per process: totals divided by world size (and accumulation)."""
     micro = args.train_batch_size // (info.world_size * args.gradient_accumulation_steps)
     if micro < 1:
-        raise CommandError(f"--train_batch_size {args.train_batch_size} is smaller than processes x "
+        raise UserError(f"--train_batch_size {args.train_batch_size} is smaller than processes x "
                            f"--gradient_accumulation_steps ({info.world_size} x {args.gradient_accumulation_steps})", exit_code=2)
     return micro, max(1, args.eval_batch_size // info.world_size)
 
@@ -194,14 +195,14 @@ def train(args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()) ->
                 stopped_early = decision.stop
     except UnreadableImageError as error:  # from a DataLoader worker: the message's last line names the image
         message = str(error).strip().splitlines()[-1]
-        raise CommandError(message.split("UnreadableImageError: ", 1)[-1] + " (--skip_bad_images skips it)") from None
+        raise UserError(message.split("UnreadableImageError: ", 1)[-1] + " (--skip_bad_images skips it)") from None
     finally:
         bar.close()
         run.log.close()
     if stopped_early:
         logger.info("early stop at step %d: %d validations in a row below the best mean AUC", step, stopper.counter)
     if info.is_main and not run.paths["auc"].is_file():
-        raise CommandError("no validation reached a defined mean AUC, so no best-AUC checkpoint was written "
+        raise UserError("no validation reached a defined mean AUC, so no best-AUC checkpoint was written "
                            "(does the validation list have both label values of some class?)")
     logger.info("best validation mean AUC %.4f, checkpoint %s", stopper.best_auc, run.paths["auc"])
     return Outcome(step, stopper.best_auc, stopper.best_loss, stopped_early, run.paths["auc"])
@@ -252,7 +253,7 @@ def train_step(ddp: nn.Module, params: list, batches, position: DataPosition, op
         total /= info.world_size
     value = float(total) if read else None
     if value is not None and not math.isfinite(value):
-        raise CommandError(f"the training loss is {value} at step {scheduler.last_epoch + 1}; lower --learning_rate "
+        raise UserError(f"the training loss is {value} at step {scheduler.last_epoch + 1}; lower --learning_rate "
                            "or check the data (no checkpoint of this step was saved)")
     if precision.scaler:
         precision.scaler.unscale_(optimizer)
@@ -287,10 +288,10 @@ def restore(path: Path, model: nn.Module, optimizer, scheduler, precision: Preci
             position: DataPosition, info: DistInfo) -> int:
     """Load a resume state written by :func:`save_state`; returns its step."""
     if not path.is_file():
-        raise CommandError(f"--resume: no {path} to continue from (it is written at each validation)")
+        raise UserError(f"--resume: no {path} to continue from (it is written at each validation)")
     state = safe_load(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CommandError(f"--resume: {path} is not a fine-tuning state of this project")
+        raise UserError(f"--resume: {path} is not a fine-tuning state of this project")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from refers.engine.checkpoint_io import safe_load
+from refers.base.checkpoints import safe_load
 
 # Prefixes under which an image encoder is found in the known checkpoint layouts.
 ENCODER_PREFIXES = ("module.", "visual.vit.", "image_encoder.", "encoder.", "backbone.")

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from refers.data.images import UnreadableImageError, open_grey
-from refers.data.lists import ListFormatError
+from refers.base.errors import UnreadableImageError
+from refers.data.images import open_grey
+from refers.base.errors import ListFormatError
 from refers.data.mimic_lists import read_study_index
 from refers.data.registry import DatasetSpec
 from refers.prepare.common import parallel_map, read_csv

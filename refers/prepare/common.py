@@ -21,9 +21,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO, TypeVar
 import yaml
 
 from refers import __version__
-from refers.data.lists import atomic_write_text
+from refers.base.atomic import atomic_write_text
 
-SYNTHETIC_MARKER = "SYNTHETIC.txt"
 DATASET_YAML = "dataset.yaml"
 
 T = TypeVar("T")
@@ -32,26 +31,6 @@ R = TypeVar("R")
 
 class PrepareError(ValueError):
     """Bad input or an unsafe request; the message names the file (and line) at fault."""
-
-
-# --------------------------------------------------------------------------- synthetic marker
-
-
-def synthetic_marker(root: str | os.PathLike) -> Path | None:
-    """The ``SYNTHETIC.txt`` of ``root`` or of a folder above it, or None for real data."""
-    root = Path(root).resolve()
-    for folder in (root, *root.parents):
-        if (folder / SYNTHETIC_MARKER).is_file():
-            return folder / SYNTHETIC_MARKER
-    return None
-
-
-def stamp_synthetic(folder: str | os.PathLike, marker: Path | None) -> None:
-    """Copy the synthetic marker into an output folder, so that everything made from it says so."""
-    if marker is None:
-        return
-    text = marker.read_text(encoding="utf-8", errors="replace")
-    atomic_write_text(Path(folder) / SYNTHETIC_MARKER, text)
 
 
 # --------------------------------------------------------------------------- output guards

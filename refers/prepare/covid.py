@@ -15,10 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.prepare.common import (
-    PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv,
-    stamp_synthetic, synthetic_marker, write_dataset_yaml,
-)
+from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv, write_dataset_yaml
+from refers.base.synthetic import stamp_synthetic, synthetic_marker
 from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, write_split_lists
 
 METADATA = "metadata.csv"

@@ -17,7 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.data.lists import atomic_write_text, find_split_file, read_list
+from refers.base.atomic import atomic_write_text
+from refers.data.lists import find_split_file, read_list
 from refers.prepare.common import PrepareError, Summary, ensure_new, made_by, write_dataset_yaml
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from refers import paths
+from refers.base import paths
 from refers.data.registry import DatasetSpec, get_dataset
 from refers.prepare.common import image_root_of
 
@@ -75,7 +75,7 @@ def locate_image(image_root: str | os.PathLike, relative: str) -> Path | None:
     ``images_XXX/NAME.png``: ``images_XXX/images/NAME.png`` (the unpacked archives) and one flat
     ``images/NAME.png`` folder (the original README's layout). Never leaves the image root.
     """
-    from refers.paths import safe_join
+    from refers.base.paths import safe_join
 
     direct = safe_join(image_root, relative)
     if direct.is_file():

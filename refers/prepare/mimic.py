@@ -27,10 +27,8 @@ import numpy as np
 from refers.data.mimic_lists import Study, write_caption_list, write_study_index, write_study_list
 from refers.data.registry import CHEXPERT_CLASSES
 from refers.data.study_table import load_study_table
-from refers.prepare.common import (
-    PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv,
-    stamp_synthetic, synthetic_marker, write_dataset_yaml,
-)
+from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv, write_dataset_yaml
+from refers.base.synthetic import stamp_synthetic, synthetic_marker
 from refers.prepare.reports import extract_sections, report_text
 from refers.prepare.resize import ResizeSpec, prepare_images
 

@@ -23,10 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from refers.data.registry import NIH_CLASSES
-from refers.prepare.common import (
-    PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv,
-    stamp_synthetic, synthetic_marker, write_dataset_yaml,
-)
+from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv, write_dataset_yaml
+from refers.base.synthetic import stamp_synthetic, synthetic_marker
 from refers.prepare.layout import locate_image
 from refers.prepare.resize import ResizeSpec, prepare_images, source_size
 from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, overlaps, write_split_lists

@@ -18,7 +18,8 @@ from typing import Sequence
 
 from PIL import Image
 
-from refers.data.images import DICOM_SUFFIXES, UnreadableImageError, open_grey
+from refers.data.images import DICOM_SUFFIXES, open_grey
+from refers.base.errors import UnreadableImageError
 from refers.prepare.common import PrepareError, Summary, parallel_map
 
 WRITTEN, KEPT, MISSING, UNREADABLE = "written", "kept", "missing", "unreadable"

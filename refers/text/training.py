@@ -32,8 +32,8 @@ def read_report_texts(list_path: str | os.PathLike) -> list[str]:
 
 def stamp_if_synthetic(list_path: str | os.PathLike, *folders: Path) -> bool:
     """Mark tokenizer folders made from synthetic reports with ``SYNTHETIC.txt``; True if marked."""
-    from refers.data.lists import atomic_write_text
-    from refers.engine.run_info import SYNTHETIC_MARKER, is_synthetic
+    from refers.base.atomic import atomic_write_text
+    from refers.base.synthetic import SYNTHETIC_MARKER, is_synthetic
 
     if not is_synthetic(list_path):
         return False

@@ -20,12 +20,12 @@ Python API (for tests and benchmarks)::
 
 from refers.data.synth.findings import FINDINGS, Lesion, Patient, View, geometry, sample_patient, sample_view
 from refers.data.synth.generate import BUILDERS, generate
-from refers.data.synth.io import MARKER, NotSyntheticError, is_synthetic
+from refers.data.synth.io import MARKER, NotSyntheticError
 from refers.data.synth.render import render_patient, render_views
 
 DATASET_NAMES = tuple(BUILDERS)
 
 __all__ = [
     "BUILDERS", "DATASET_NAMES", "FINDINGS", "Lesion", "MARKER", "NotSyntheticError", "Patient", "View",
-    "generate", "geometry", "is_synthetic", "render_patient", "render_views", "sample_patient", "sample_view",
+    "generate", "geometry", "render_patient", "render_views", "sample_patient", "sample_view",
 ]

@@ -18,22 +18,19 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-MARKER = "SYNTHETIC.txt"
+from refers.base.synthetic import SYNTHETIC_MARKER as MARKER
+
 
 
 class NotSyntheticError(Exception):
     """The output folder holds data that ``refers synth`` did not make (it is never overwritten)."""
 
 
-def is_synthetic(folder: Path) -> bool:
-    return (folder / MARKER).is_file()
-
-
 def check_writable(folder: Path) -> None:
     """Refuse a non-empty folder without the synthetic marker (it may be a real download)."""
     if folder.exists() and not folder.is_dir():
         raise NotSyntheticError(f"{folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not is_synthetic(folder):
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
         raise NotSyntheticError(
             f"{folder} is not empty and has no {MARKER}: refusing to write synthetic data into what may be a real "
             "dataset; choose another --out or empty it")

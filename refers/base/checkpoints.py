@@ -8,11 +8,12 @@ Python objects is refused with a clear error.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from refers.base.atomic import atomic_output
 
 
 class UnsafeCheckpointError(ValueError):
@@ -24,18 +25,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
     An interrupted write leaves the previous file at ``path`` untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
