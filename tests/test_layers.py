@@ -13,7 +13,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 from refers.base import layers as declared
 
