@@ -13,7 +13,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from refers.base import layers as declared
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / declared.PACKAGE
