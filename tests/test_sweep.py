@@ -297,10 +297,13 @@ def test_in_process_runs_each_log_to_their_own_file(tmp_path, monkeypatch):
     assert all(h.stream is sys.stderr for h in root.handlers)
 
 
-def test_in_process_runs_report_errors_as_the_command_does(tmp_path, capsys):
+def test_in_process_runs_report_errors_as_the_command_does(tmp_path, capsys, monkeypatch):
     # The sweep runs the fine-tuning stage through the library, not the command line: the same
     # one-line error and exit code as `refers finetune`, and argparse's exit 2 for a bad flag.
     from refers.cli.finetune import main as finetune_main
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # one process, no group
+        monkeypatch.delenv(key, raising=False)
 
     argv = ["--name", "x", "--dataset", "Shenzhen_Tuberculosis", "--list_dir", str(tmp_path / "nowhere"), "--device", "cpu",
             "--output_dir", str(tmp_path / "out")]
