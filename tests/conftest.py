@@ -11,7 +11,7 @@ several processes: about 5 s or more each on an idle 2-core machine (the demo, D
 launches, multi-step pre-training runs).
 
 Synthetic data that several files use (``refers synth`` output, the lists ``refers prepare`` makes
-of it, tiny fine-tuning datasets) is built once per session by the fixtures of
+of it, tiny fine-tuning datasets and pre-training studies) is built once per session by the fixtures of
 tests/shared_data.py and shared read-only; a test that changes it fails at teardown, so copy it
 into ``tmp_path`` first (``copy_shared``).
 """
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.shared_data import finetune_datasets, prepared_lists, synth_root  # noqa: E402,F401  (session fixtures)
+from tests.shared_data import finetune_datasets, prepared_lists, pretrain_studies, synth_root  # noqa: E402,F401 (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"

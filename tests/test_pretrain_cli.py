@@ -70,11 +70,10 @@ def pretrain_args(root: Path, run: Path, *extra: str, iterations: int = 4, gpus:
             "--num-gpus-per-machine", str(gpus), "--checkpoint-every", "2", "--log-every", "1", "--no-progress", *extra]
 
 
-@pytest.fixture(scope="module")
-def studies(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("studies")
-    make_studies(root)
-    return root
+@pytest.fixture
+def studies(pretrain_studies) -> Path:
+    """The session's shared studies made by :func:`make_studies` (tests/shared_data.py); read-only."""
+    return pretrain_studies
 
 
 # ----------------------------------------------------------------------------------------------
