@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -324,17 +325,18 @@ def test_parallel_jobs_get_their_own_device(tmp_path):
     # notes its device and start time, then waits (up to 30 s) until two recorders have started:
     # the first two jobs are then provably running at the same time, and must hold different GPUs.
     recorder = tmp_path / "rec.py"
-    recorder.write_text(
-        "import os, sys, time, pathlib\n"
-        "here = pathlib.Path('.')\n"
-        "mine = here / f'{os.getpid()}.rec'\n"
-        "(here / f'{os.getpid()}.tmp').write_text(f\"{os.environ.get('CUDA_VISIBLE_DEVICES', '-')} {time.time()!r} {sys.argv[-1]}\")\n"
-        "(here / f'{os.getpid()}.tmp').rename(mine)\n"
-        "deadline = time.time() + 30\n"
-        "while len(list(here.glob('*.rec'))) < 2 and time.time() < deadline:\n"
-        "    time.sleep(0.02)\n"
-        "if len(list(here.glob('*.rec'))) < 2:\n"
-        "    mine.write_text(mine.read_text() + ' alone')\n")
+    recorder.write_text(textwrap.dedent("""\
+        import os, sys, time, pathlib
+        here = pathlib.Path(".")
+        note = f"{os.environ.get('CUDA_VISIBLE_DEVICES', '-')} {time.time()!r} {sys.argv[-1]}"
+        (here / f"{os.getpid()}.tmp").write_text(note)
+        mine = (here / f"{os.getpid()}.tmp").rename(here / f"{os.getpid()}.rec")  # whole files only
+        deadline = time.time() + 30
+        while len(list(here.glob("*.rec"))) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        if len(list(here.glob("*.rec"))) < 2:
+            mine.write_text(note + " alone")
+        """))
     grid = {**GRID, "datasets": {"Shenzhen_Tuberculosis": {}}, "arms": {"scratch": {"train": {"init": "scratch"}}},
             "search": {"learning_rate": [0.1, 0.01, 0.001, 0.0001]}}
     config = load_config(write_grid(tmp_path, grid, launcher=["python", str(recorder)], workdir=str(tmp_path)))
