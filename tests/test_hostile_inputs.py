@@ -77,3 +77,43 @@ def test_fractions_name_a_byte_that_is_not_utf8(shenzhen, capsys):
     train.write_bytes(train.read_bytes().replace(b"train_05", b"train_\xe905", 1))
     assert prepare_main(["fractions", "--dataset", "shenzhen", "--lists", str(lists), "--percent", "50", "--seeds", "0"]) == 1
     _one_error_line(capsys.readouterr().err, f"{train}:6", "byte 0xe9 at column 18 is not UTF-8")
+
+
+def test_a_16_bit_copy_reads_as_the_8_bit_picture_and_check_reports_it(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from refers.data.images import open_grey
+
+    picture = np.random.default_rng(0).integers(0, 256, (40, 30)).astype(np.uint8)
+    Image.fromarray(picture).save(tmp_path / "eight.png")
+    Image.fromarray(picture.astype(np.uint16) * 257).save(tmp_path / "full.png")  # 0..65535
+    Image.fromarray(picture.astype(np.uint16) << 8).save(tmp_path / "shifted.png")  # 0..65280
+    for name in ("full.png", "shifted.png"):
+        assert Image.open(tmp_path / name).mode.startswith("I")
+        read = np.asarray(open_grey(tmp_path / name), dtype=int)
+        assert np.abs(read - picture.astype(int)).max() <= 1, name  # used to be clipped to 255 (white)
+
+    lists, images = tmp_path / "lists", tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(picture.astype(np.uint16) * 257).save(images / "CHNCXR_0001_1.png")
+    Image.fromarray(picture).save(images / "CHNCXR_0002_0.png")
+    lists.mkdir()
+    (lists / "train.txt").write_text("CHNCXR_0001_1.png 0 1\nCHNCXR_0002_0.png 1 0\n")
+    assert prepare_main(["check", "--dataset", "shenzhen", "--lists", str(lists), "--images", str(images), "--workers", "1"]) == 0
+    assert f"1 image(s) hold 16-bit grey (read scaled to 8 bits by their bit depth), e.g. {images / 'CHNCXR_0001_1.png'}" \
+        in capsys.readouterr().out
+
+
+def test_a_decompression_bomb_is_an_unreadable_image_that_can_be_skipped(shenzhen, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from refers.base.errors import UnreadableImageError
+    from refers.data.images import open_grey
+
+    lists, data = shenzhen
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 32 x 32 = 1024 > 2 x 300: PIL's bomb error, as for 30000 x 30000
+    with pytest.raises(UnreadableImageError, match="train_00.png.*decompression bomb"):
+        open_grey(data / "images_001" / "train_00.png")
+    assert finetune_main([*_args(lists, data, tmp_path), "--stage", "train", "--num_steps", "1"]) == 1
+    _one_error_line(capsys.readouterr().err, "cannot read image", "--skip_bad_images")

@@ -92,10 +92,7 @@ def read_list(path: str | os.PathLike, num_labels: int | None = None, one_hot: b
             continue
         if expected is None:
             expected = len(tokens) - 1
-        image, label_tokens = _split_line(tokens, num_labels, expected, path, line_number)
-        row = [_parse_label(t, path, line_number) for t in label_tokens]
-        if one_hot and sum(row) != 1:
-            raise ListFormatError(path, line_number, f"one-hot labels {' '.join(label_tokens)!r} must hold exactly one 1")
+        image, row = parse_list_line(tokens, path, line_number, num_labels, expected, one_hot)
         if image in first_line:
             raise ListFormatError(path, line_number, f"image {image} is listed twice (lines {first_line[image]} and {line_number})")
         first_line[image] = line_number
@@ -105,6 +102,20 @@ def read_list(path: str | os.PathLike, num_labels: int | None = None, one_hot: b
     width = expected or 0
     labels = np.asarray(rows, dtype=np.float32).reshape(len(rows), width)
     return ImageList(paths, labels, np.asarray(line_numbers, dtype=np.int32), path)
+
+
+def parse_list_line(tokens: list[str], path: str | os.PathLike, line_number: int, num_labels: int | None,
+                    expected: int, one_hot: bool = False) -> tuple[str, list[float]]:
+    """(image path, labels) of one list line's whitespace-separated tokens (see :func:`read_list`).
+
+    Raises:
+        ListFormatError: a wrong number of labels, a label other than 0 or 1, a contradictory one-hot row.
+    """
+    image, label_tokens = _split_line(tokens, num_labels, expected, Path(path), line_number)
+    row = [_parse_label(t, path, line_number) for t in label_tokens]
+    if one_hot and sum(row) != 1:
+        raise ListFormatError(path, line_number, f"one-hot labels {' '.join(label_tokens)!r} must hold exactly one 1")
+    return image, row
 
 
 def _split_line(tokens: list[str], num_labels: int | None, expected: int, path: Path, line_number: int) -> tuple[str, list[str]]:
