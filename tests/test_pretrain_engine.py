@@ -301,7 +301,6 @@ def test_report_text_is_logged_only_with_log_text(tmp_path):
     assert code == 0 and any(m.startswith("val sample | generated: 5 6 | reference: ") for m in loud), loud
 
 
-@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     code, messages = logged(lambda: run(tmp_path, toy_config(iterations=8), nan_at_call=6))
     assert code == 1
@@ -318,7 +317,6 @@ def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
 
 
-@pytest.mark.slow
 def test_export_is_in_original_naming_and_loads_with_identical_outputs(tmp_path):
     from refers.models.weights import load_encoder_weights
 
