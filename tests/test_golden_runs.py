@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,7 @@ from tests.test_finetune_ddp import env_for_children
 from tests.test_pretrain_cli import make_studies, pretrain_args
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "training_runs.json"
+TOKENIZERS = GOLDEN.parent / "tokenizers"  # made by `make_studies`' reports; see the `data` fixture
 UPDATE = os.environ.get("REFERS_UPDATE_GOLDEN") == "1"
 RTOL = 1e-5
 PRETRAIN_ITERATIONS = 6
@@ -165,6 +167,10 @@ def data(tmp_path_factory) -> dict[str, Any]:
     """The synthetic studies (pre-training) and Shenzhen-format lists (fine-tuning) all four runs share."""
     root = tmp_path_factory.mktemp("golden")
     make_studies(root / "studies")
+    # Fixed tokenizers where the pre-training runs look for them (see pretrain_args), so that the runs do
+    # not train their own: trained on the fly from the same reports, the WordPiece vocabulary's ids differ
+    # from one process to the next (seen with tokenizers 0.23.3), and so would every loss.
+    shutil.copytree(TOKENIZERS, root / "pretrain" / "tok")
     return {"root": root, "studies": root / "studies", "datasets": {DATASET: make_dataset(root / "shenzhen", DATASET)}}
 
 
