@@ -423,9 +423,6 @@ def _check(data: Mapping[str, Any]) -> None:
     ids = [flat[f"DATA.{n}_INDEX"] for n in ("UNK", "SOS", "EOS", "MASK", "PAD")]
     if len(set(ids)) != len(ids) or max(ids) >= flat["DATA.VOCAB_SIZE"] or min(ids) < 0:
         raise ConfigError(f"DATA.*_INDEX must be distinct ids below DATA.VOCAB_SIZE, got {ids}")
-    for key in ("CHECKPOINT.KEEP_LAST", "CHECKPOINT.KEEP_EVERY"):
-        if flat[key] < 0:
-            raise ConfigError(f"{key} must be >= 0 (0 = keep all / no milestones), got {flat[key]}")
     positive = ("DATA.IMAGE_CROP_SIZE", "DATA.NUM_VIEWS", "OPTIM.BATCH_SIZE", "OPTIM.NUM_ITERATIONS", "LOSS.TAU")
     for key in positive:
         if flat[key] <= 0:
@@ -447,3 +444,6 @@ def _check(data: Mapping[str, Any]) -> None:
     low, high = flat["DATA.CROP_SCALE"]
     if not 0 < low <= high <= 1:
         raise ConfigError(f"DATA.CROP_SCALE must satisfy 0 < min <= max <= 1, got {[low, high]}")
+    for key in ("CHECKPOINT.KEEP_LAST", "CHECKPOINT.KEEP_EVERY"):
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = keep all / no milestones), got {flat[key]}")
