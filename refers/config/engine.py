@@ -77,11 +77,12 @@ class Spec:
         where = f"{origin}: " if origin else ""
         if value is None and self.nullable:
             return None
-        ok, value = _typed(self.kind, value, self.item)
+        ok, typed = _typed(self.kind, value, self.item)
         if ok and self.kind is list and self.length is not None:
-            ok = len(value) == self.length
+            ok = len(typed) == self.length
         if not ok:
             raise ConfigError(f"{where}{key} must be {self.describe()}, got {value!r}")
+        value = typed
         if self.choices and value not in self.choices:
             raise ConfigError(f"{where}{key} must be {_alternatives(self.choices)}, got {value!r}{did_you_mean(value, self.choices)}")
         for number in value if self.kind is list else [value]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from refers.base.errors import UserError as UserError
 from refers.base.paths import project_root
 from refers.config.engine import ConfigError, Spec, check_keys, dataclass_specs, mapping, read_yaml, unknown_key
 from refers.data.registry import FINETUNE_DATASETS
