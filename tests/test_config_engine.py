@@ -166,6 +166,16 @@ def test_finetuning_values_are_range_checked_with_one_line_exit_2(flags, message
     assert one_line_error(capsys) == f"refers finetune: error: {message}"
 
 
+def test_a_misspelt_flag_on_the_command_line_names_the_nearest_one(capsys):
+    from refers.cli.finetune import main
+
+    with pytest.raises(SystemExit) as caught:  # argparse's usage error, as before, with a hint
+        main(["--name", "x", "--num_stepz", "3"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "refers finetune: error: unrecognized arguments: --num_stepz 3 (did you mean '--num_steps'?)")
+
+
 def write_preset(tmp_path: Path, text: str) -> str:
     path = tmp_path / "preset.yaml"
     path.write_text(text)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from refers.base.paths import project_root
-from refers.config.engine import ConfigError, Spec, check_keys, dataclass_specs, mapping, read_yaml, unknown_key
+from refers.config.engine import ConfigError, Spec, check_keys, dataclass_specs, did_you_mean, mapping, read_yaml, unknown_key
 from refers.data.registry import FINETUNE_DATASETS
 
 DATASET_CHOICES = (*FINETUNE_DATASETS, "custom")
@@ -134,6 +134,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises a ConfigError instead of exiting when ``exit_on_error`` is off (the sweep's check)."""
 
     def error(self, message: str):  # type: ignore[override]
+        if message.startswith("unrecognized arguments: "):  # a misspelt flag: name the nearest one
+            names = [name for action in self._actions for name in action.option_strings]
+            hints = (did_you_mean(token.split("=")[0], names) for token in message.split()[2:] if token.startswith("--"))
+            message += next((hint for hint in hints if hint), "")
         if self.exit_on_error:
             super().error(message)
         raise ConfigError(message)
