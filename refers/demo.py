@@ -101,9 +101,9 @@ def load_profile(name: str, studies: int | None = None) -> Profile:
     specs = dataclass_specs(Profile)
     check_keys(raw, specs, str(path))
     values = {key: specs[key].check(key, value, str(path)) for key, value in raw.items() if key != "name"}
-    profile = Profile(name=name, **values)
     if studies is not None:
-        profile.studies = studies
+        values["studies"] = specs["studies"].check("--studies", studies)
+    profile = Profile(name=name, **values)
     overrides = [str(item) for pair in profile.pretrain_overrides.items() for item in pair]
     try:
         load_config(root / profile.pretrain_config, overrides)

@@ -155,8 +155,8 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     def resolve(key: str, default: str) -> Path:
         return (root / Path(str(raw.get(key, default))).expanduser()).resolve()
 
-    entry = raw.get("entry", "script")
-    execution = raw.get("execution", "subprocess")
+    entry = raw.get("entry", SweepConfig.entry)
+    execution = raw.get("execution", SweepConfig.execution)
     launcher = raw.get("launcher") or [sys.executable]
     if isinstance(launcher, str):
         launcher = shlex.split(launcher)

@@ -322,3 +322,10 @@ def test_bad_demo_profiles_are_refused_before_any_stage(tmp_path, monkeypatch, c
     assert main(["--quick", "--out", str(tmp_path / "out")]) == 2
     assert message in one_line_error(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_studies_are_checked_by_the_profile_schema(capsys):
+    from refers.cli.demo import main
+
+    assert main(["--quick", "--studies", "3"]) == 2
+    assert one_line_error(capsys) == "refers demo: error: --studies must be >= 50, got 3"
