@@ -252,6 +252,27 @@ def read_study_index(path: str | os.PathLike, image_root: str | os.PathLike, req
     return _read_text_list(path, image_root, require_images)
 
 
+def first_listed_path(path: str | os.PathLike) -> str | None:
+    """The first image (study index) or study folder (the original's lists) a list names, relative
+    to its image root as the readers take it; None for an empty or unreadable list. Used to find
+    the image root (:meth:`refers.data.image_roots.ImageRoots.root_for`) before the list is read."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            line = next((line for line in handle if line.strip()), None)
+    except (OSError, UnicodeDecodeError):
+        return None
+    if line is None:
+        return None
+    if path.suffix == ".jsonl":
+        try:
+            images = json.loads(line).get("images") or []
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        return str(images[0]) if images and isinstance(images[0], str) else None
+    return reroot_folder(line.partition("\t")[0]) or None
+
+
 def find_caption_list(folder: str | os.PathLike, split: str) -> Path:
     """``{split}_img_caption_patients.txt`` in ``folder``, also under the README's spelling and ``valid``."""
     folder = Path(folder)
