@@ -45,7 +45,8 @@ class DataSetup:
         dataset: registry name, or "custom".
         classes: output classes in head order.
         list_dir: folder of the list files.
-        image_roots: the folders searched for images, in order (:func:`refers.data.image_roots.image_roots`).
+        image_roots: the folders searched for images, in order (:func:`refers.data.image_roots.image_roots`;
+            a plain sequence of folders is taken as they are).
         label_columns: list-file columns per line.
         target_columns: indices of the columns used as targets (binary datasets: the second one).
         synthetic: the data carries the ``SYNTHETIC.txt`` marker.
@@ -58,6 +59,10 @@ class DataSetup:
     label_columns: int
     target_columns: tuple[int, ...]
     synthetic: bool
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_roots, ImageRoots):  # folders given as a plain sequence: searched in order
+            object.__setattr__(self, "image_roots", ImageRoots(tuple(Path(r) for r in self.image_roots), "the folders given"))
 
     @property
     def num_classes(self) -> int:
