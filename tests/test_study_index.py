@@ -55,6 +55,22 @@ def _write(tmp_path, records, name="train_studies.jsonl"):
     return index, root
 
 
+# Sections that are not plain ASCII, and a section that the training text does not contain.
+UNICODE = {**RECORDS[1], "study_id": "3", "findings": "Cœur normal — élargi?", "impression": "Pas d'épanchement.",
+           "text": "Cœur normal — élargi? Pas d'épanchement."}
+NOT_IN_TEXT = {**RECORDS[1], "study_id": "4", "findings": "Findings left out of the text.", "impression": "Clear lungs.",
+               "text": "Clear lungs."}
+
+
+@READERS
+def test_sections_inside_and_outside_the_training_text(tmp_path, read):
+    index, root = _write(tmp_path, [UNICODE, NOT_IN_TEXT, {**RECORDS[1], "findings": "", "impression": "", "text": ""}])
+    unicode, outside, empty = read(index, root)
+    assert (unicode.findings, unicode.impression, unicode.text) == (UNICODE["findings"], UNICODE["impression"], UNICODE["text"])
+    assert (outside.findings, outside.impression, outside.text) == (NOT_IN_TEXT["findings"], "Clear lungs.", "Clear lungs.")
+    assert (empty.findings, empty.impression, empty.text) == ("", "", "")
+
+
 @READERS
 def test_every_field_and_every_report_section(tmp_path, read):
     index, root = _write(tmp_path, [RECORDS[0], "", RECORDS[1]])  # a blank line is skipped, line numbers kept

@@ -175,6 +175,8 @@ def iter_study_index(path: str | os.PathLike, image_root: str | os.PathLike, req
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            if len(folders) > 4096:  # the index goes study by study: a small memo serves, a big one stays in RSS
+                folders.clear()
             try:
                 record = _index_record(json.loads(line), image_root, path, line_number, folders)
             except ListFormatError:

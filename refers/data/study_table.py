@@ -35,7 +35,7 @@ from refers.base.paths import safe_join
 CACHE_VERSION = 2  # 2: findings and impression columns; images checked on disk when parsed
 SPLIT_NAMES = ("", "train", "val", "test", "validate")
 _SPLITS = {name: code for code, name in enumerate(SPLIT_NAMES)}
-COLUMNS = ("text", "text_offsets", "sections", "sections_offsets", "ids", "ids_offsets", "paths", "paths_offsets", "image_start", "view_codes", "labels",
+COLUMNS = ("text", "text_offsets", "section_spans", "extra_sections", "extra_sections_offsets", "ids", "ids_offsets", "paths", "paths_offsets", "image_start", "view_codes", "labels",
            "has_labels", "text_nonblank", "split_codes", "line_numbers")
 
 
@@ -86,7 +86,7 @@ class StudyTable:
         self.view_names = tuple(view_names)
         self.rows = np.arange(len(columns["text_offsets"]) - 1, dtype=np.int64) if rows is None else rows
         self._text = PackedStrings(columns["text"], columns["text_offsets"])
-        self._sections = PackedStrings(columns["sections"], columns["sections_offsets"])  # findings, impression
+        self._extra_sections = PackedStrings(columns["extra_sections"], columns["extra_sections_offsets"])
         self._ids = PackedStrings(columns["ids"], columns["ids_offsets"])
         self._paths = PackedStrings(columns["paths"], columns["paths_offsets"])
 
@@ -132,6 +132,14 @@ class StudyTable:
     def _strings(self, row: int) -> tuple[str, str, str]:
         return self._ids[3 * row], self._ids[3 * row + 1], self._ids[3 * row + 2]
 
+    def _section(self, row: int, which: int) -> str:
+        """FINDINGS (0) or IMPRESSION (1) of ``row``: a byte span of its text, or a stored extra string."""
+        start, end = (int(v) for v in self.columns["section_spans"][row, 2 * which:2 * which + 2])
+        if start < 0:
+            return self._extra_sections[end]
+        base = int(self.columns["text_offsets"][row])
+        return self.columns["text"][base + start:base + end].tobytes().decode("utf-8")
+
     def text(self, index: int) -> str:
         """Report text of study ``index`` (without building the whole study)."""
         return self._text[int(self.rows[index])]
@@ -146,7 +154,7 @@ class StudyTable:
             study_id=study_id, subject_id=subject_id, folder=folder,
             images=[safe_join(self.image_root, self._paths[j]) for j in range(first, last)],
             views=[self.view_names[int(code)] for code in cols["view_codes"][first:last]],
-            findings=self._sections[2 * row], impression=self._sections[2 * row + 1],
+            findings=self._section(row, 0), impression=self._section(row, 1),
             text=self._text[row], labels=labels, split=SPLIT_NAMES[int(cols["split_codes"][row])],
             line_number=int(cols["line_numbers"][row]),
         )
@@ -213,7 +221,8 @@ class _TableBuilder:
 
     def __init__(self, image_root: Path):
         self.image_root = image_root
-        self.text, self.sections = StringsBuilder(), StringsBuilder()
+        self.text, self.extra_sections = StringsBuilder(), StringsBuilder()
+        self.section_spans = array("i")
         self.ids, self.paths = StringsBuilder(), StringsBuilder()
         self.image_start = array("q", [0])
         self.view_codes = array("b")
@@ -237,10 +246,16 @@ class _TableBuilder:
         text_buf, text_offsets = self.text.buffer, self.text.offsets
         text_buf += text.encode("utf-8")
         text_offsets.append(len(text_buf))
-        sections_buf, sections_offsets = self.sections.buffer, self.sections.offsets
+        # The sections are (almost always) parts of the training text: kept as byte spans of it, 16 bytes
+        # a study instead of a second copy of every report (which doubled the index's memory).
         for value in (findings, impression):
-            sections_buf += value.encode("utf-8")
-            sections_offsets.append(len(sections_buf))
+            at = text.find(value) if value else 0
+            if at < 0:
+                self.section_spans.extend((-1, len(self.extra_sections.offsets) - 1))
+                self.extra_sections.add(value)
+                continue
+            start = at if text.isascii() else len(text[:at].encode("utf-8"))
+            self.section_spans.extend((start, start + len(value.encode("utf-8"))))
         self.nonblank.append(1 if text and not text.isspace() else 0)
         ids_buf, ids_offsets = self.ids.buffer, self.ids.offsets
         for value in (study_id, subject_id, folder):
@@ -270,7 +285,7 @@ class _TableBuilder:
     def finish(self) -> StudyTable:
         count = len(self.lines)
         width = self.label_width or 0
-        text, sections, ids, paths = self.text.finish(), self.sections.finish(), self.ids.finish(), self.paths.finish()
+        text, extra, ids, paths = self.text.finish(), self.extra_sections.finish(), self.ids.finish(), self.paths.finish()
         has_labels = np.frombuffer(self.has_labels, dtype=np.int8).astype(bool)
         # float16 holds the CheXpert values (1, 0, -1, NaN = not mentioned) exactly, in half the bytes.
         labels = np.full((count, width), np.nan, dtype=np.float16)
@@ -278,7 +293,8 @@ class _TableBuilder:
             labels[has_labels] = np.frombuffer(self.labels, dtype=np.float32).reshape(-1, width)
         columns = {
             "text": text.buffer, "text_offsets": text.offsets,
-            "sections": sections.buffer, "sections_offsets": sections.offsets,
+            "section_spans": np.frombuffer(self.section_spans, dtype=np.int32).reshape(count, 4).copy(),
+            "extra_sections": extra.buffer, "extra_sections_offsets": extra.offsets,
             "ids": ids.buffer, "ids_offsets": ids.offsets,
             "paths": paths.buffer, "paths_offsets": paths.offsets,
             "image_start": np.frombuffer(self.image_start, dtype=np.int64).copy(),
