@@ -134,3 +134,21 @@ def test_the_data_layer_imports_nothing_from_prepare():
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             assert not any(n == "refers.prepare" or n.startswith("refers.prepare.") for n in names), module
+
+
+def test_prepare_pack_and_check_take_their_root_from_the_same_resolver(project, tmp_path, monkeypatch):
+    from refers.prepare.layout import image_root_for
+
+    monkeypatch.setenv("REFERS_HOME", str(project))
+    lists = _shenzhen_lists(project, tmp_path / "lists")
+    assert image_root_for(SHENZHEN, lists) == project / "Data" / SHENZHEN / "ChinaSet_AllFiles" / "CXR_png"
+    (tmp_path / "elsewhere").mkdir()
+    (lists / DATASET_YAML).write_text("image_root: ../elsewhere\n")
+    # The recorded root first; the official layout when only it holds the listed images ...
+    assert image_root_for(SHENZHEN, lists) == project / "Data" / SHENZHEN / "ChinaSet_AllFiles" / "CXR_png"
+    Image.new("L", (8, 8)).save(tmp_path / "elsewhere" / (lists / "train.txt").read_text().split()[0])
+    assert image_root_for(SHENZHEN, lists) == (tmp_path / "elsewhere").resolve()
+    # ... and when none holds them, still the recorded root: `refers prepare check` then reports each line.
+    for split in ("train.txt", "valid.txt", "test.txt"):
+        (lists / split).write_text("CHNCXR_9999_1.png 0 1\n")
+    assert image_root_for(SHENZHEN, lists) == (tmp_path / "elsewhere").resolve()

@@ -45,16 +45,19 @@ def prepared_dir(spec: DatasetSpec | str, root: str | os.PathLike | None = None)
 def image_root_for(spec: DatasetSpec | str, list_dir: str | os.PathLike | None = None) -> Path:
     """The one image root of a list folder's lists (``refers prepare pack`` / ``check``).
 
-    ``image_root`` of ``<list_dir>/dataset.yaml`` when present (written by ``refers prepare``), else
-    the dataset's official layout under ``Data/<Dataset>/`` that holds the first listed image
-    (:mod:`refers.data.image_roots`).
-
-    Raises:
-        UserError: no candidate holds it (the message lists every place tried).
+    The first candidate of :mod:`refers.data.image_roots` (``image_root`` of
+    ``<list_dir>/dataset.yaml``, then the dataset's official layouts under ``Data/<Dataset>/``) that
+    holds the first listed image. When none does, the first candidate that is a folder (so that
+    ``refers prepare check`` reports each missing image with its list line, as before).
     """
+    from refers.base.errors import UserError
+
     spec = get_dataset(spec) if isinstance(spec, str) else spec
     folder = Path(list_dir) if list_dir is not None else lists_dir(spec)
     roots = image_roots(spec.name, folder)
-    first = next((path for name in ("train.txt", "val.txt", "valid.txt", "test.txt") if (folder / name).is_file()
-                  for path in read_list(folder / name).paths[:1]), None)
-    return roots.root_for(first, f"the images of {folder}")
+    try:
+        first = next((path for name in ("train.txt", "val.txt", "valid.txt", "test.txt") if (folder / name).is_file()
+                      for path in read_list(folder / name).paths[:1]), None)
+        return roots.root_for(first, f"the images of {folder}")
+    except (UserError, ValueError):  # no root holds it, or a bad list: check reports each line
+        return next((root for root in roots.roots if root.is_dir()), roots.roots[0])
