@@ -151,6 +151,13 @@ def _schema() -> dict[str, Any]:
             # "cosine", "linear" or "none".
             "LR_DECAY_NAME": "cosine",
         },
+        "CHECKPOINT": {
+            # Pre-training keeps the last KEEP_LAST checkpoint_{iteration}.pth (0 = all; one takes
+            # 2.7 GB in the recipe) and, with KEEP_EVERY > 0, every one whose iteration is a multiple
+            # of it. ``--keep-checkpoints`` / ``--keep-every`` set them.
+            "KEEP_LAST": 3,
+            "KEEP_EVERY": 0,
+        },
         "AMP": {
             # Autocast dtype on GPU: "bfloat16", "float16" (with a GradScaler) or "float32" (off).
             # The original used apex O2 (float16).
@@ -437,3 +444,6 @@ def _check(data: Mapping[str, Any]) -> None:
     low, high = flat["DATA.CROP_SCALE"]
     if not 0 < low <= high <= 1:
         raise ConfigError(f"DATA.CROP_SCALE must satisfy 0 < min <= max <= 1, got {[low, high]}")
+    for key in ("CHECKPOINT.KEEP_LAST", "CHECKPOINT.KEEP_EVERY"):
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = keep all / no milestones), got {flat[key]}")
