@@ -12,7 +12,6 @@ from PIL import Image
 
 from refers.base.errors import UserError
 from refers.cli.finetune import main as finetune_main
-from refers.cli.synth import main as synth_main
 from refers.data.image_roots import DATASET_YAML, image_roots
 
 SHENZHEN = "Shenzhen_Tuberculosis"
@@ -20,11 +19,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "refers"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A project folder whose Data/ holds synthetic Shenzhen, COVID-19, NIH and MIMIC in their official layouts."""
+def project(synth_root, tmp_path_factory) -> Path:
+    """A project folder whose Data/ is the session's ``refers synth`` output (every dataset in its
+    official layout; shared read-only, see tests/shared_data.py)."""
     root = tmp_path_factory.mktemp("layouts")
-    assert synth_main(["--out", str(root / "Data"), "--studies", "24", "--image-size", "32", "--workers", "1",
-                       "--no-progress", "--datasets", "shenzhen", "covid", "nih", "mimic"]) == 0
+    (root / "Data").symlink_to(synth_root, target_is_directory=True)
     return root
 
 
