@@ -5,9 +5,10 @@ finished), choose each group's candidate on the mean validation AUC over its see
 chosen checkpoints (skipping tests whose prediction files already exist).
 
 Commands run as subprocesses from the sweep's ``workdir`` (``--jobs N`` at a time), or, with
-``execution: in-process``, through ``refers.cli.main.main`` in this process with the same
-arguments. The in-process mode exists because importing torch costs seconds per process, which
-dominates the many short runs of the CPU demo; the logged command is the same either way.
+``execution: in-process``, through :func:`refers.finetune.stages.run_command` (what ``refers
+finetune`` / ``refers test`` run) in this process with the same arguments. The in-process mode
+exists because importing torch costs seconds per process, which dominates the many short runs of
+the CPU demo; the logged command is the same either way.
 """
 
 from __future__ import annotations
@@ -173,12 +174,12 @@ def _console_logging_to(stream):
 
 def _run_in_process(argv: list[str], workdir: Path, log_file: Path) -> int:
     """``refers <argv>`` in this process, its output into ``log_file``; the exit code, never an exception."""
-    from refers.cli.main import main
+    from refers.finetune.stages import run_command
 
     with log_file.open("w", encoding="utf-8") as handle, _working_directory(workdir), _console_logging_to(handle), \
             contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
         try:
-            return int(main(argv) or 0)
+            return int(run_command(argv) or 0)
         except SystemExit as exit_:  # argparse
             return exit_.code if isinstance(exit_.code, int) else 1
         except Exception:  # a bug in a command must not end the sweep without a trace

@@ -145,3 +145,23 @@ def test_covid_xray_only_views_and_patients(tmp_path, capsys):
     (root / "images" / "im 0.jpeg").unlink()
     assert main(["covid", "--root", str(root), "--out", str(tmp_path / "bad")]) == 1
     assert f"({root / 'metadata.csv'}:2)" in capsys.readouterr().err
+
+
+def test_nih_duplicate_and_unknown_images_name_their_lines(nih_root, tmp_path, capsys):
+    from refers.prepare.common import PrepareError
+    from refers.prepare.nih import prepare_nih
+
+    test_list = nih_root / "test_list.txt"
+    test_list.write_text(test_list.read_text() + "99999999_000.png\n")
+    line = len(test_list.read_text().splitlines())
+    assert main(["nih", "--root", str(nih_root), "--out", str(tmp_path / "o"), "--split", "official"]) == 1
+    assert f"{test_list}:{line}: image 99999999_000.png is not in Data_Entry_2017.csv" in capsys.readouterr().err
+    with pytest.raises(PrepareError, match="unknown --split 'bogus'"):
+        prepare_nih(nih_root, tmp_path / "o", split="bogus")
+    csv_path = nih_root / "Data_Entry_2017.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([*lines, lines[3]]) + "\n")
+    assert main(["nih", "--root", str(nih_root), "--out", str(tmp_path / "o")]) == 1
+    name = lines[3].split(",")[0]
+    assert f"{csv_path}:{len(lines) + 1}: image {name} listed twice (first on line 4)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.txt"))

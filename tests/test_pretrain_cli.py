@@ -170,7 +170,8 @@ def test_spawned_processes_get_global_ranks_across_machines(monkeypatch):
         return distributed.DistInfo(rank=int(os.environ["RANK"]), world_size=4)
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so that what _worker sets is undone after the test
+        monkeypatch.delenv(key)
     monkeypatch.setattr(distributed, "init_distributed", fake_init)
     monkeypatch.setattr(pretrain, "_train_process", lambda launch, info: 0)
     launch = {"gpus": 2, "args": {"num_machines": 2, "machine_rank": 1, "dist_url": "tcp://10.0.0.5:12345"}}

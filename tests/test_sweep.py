@@ -294,30 +294,44 @@ def test_in_process_runs_each_log_to_their_own_file(tmp_path, monkeypatch):
     # in-process run must log into its own file, not into the first run's closed one.
     import logging
     import sys
-    import types
 
-    from refers.cli.main import COMMANDS
+    from refers.finetune import stages
 
-    module = types.ModuleType("fake_logging_command")
-
-    def fake_main(argv):
+    def fake_run(argv, prog, stage):  # what run_command calls: the fine-tuning stage itself
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         logging.getLogger("refers.fake").info("hello from %s", argv[0])
         return 0
 
-    module.main = fake_main
-    monkeypatch.setitem(sys.modules, "fake_logging_command", module)
-    monkeypatch.setitem(COMMANDS, "fakelog", ("fake_logging_command", "test"))
+    monkeypatch.setattr(stages, "run", fake_run)
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
     monkeypatch.setattr(root, "level", logging.WARNING)
     for name in ("first", "second"):
-        assert sweep_runner._run_in_process(["fakelog", name], tmp_path, tmp_path / f"{name}.log") == 0
+        assert sweep_runner._run_in_process(["test", name], tmp_path, tmp_path / f"{name}.log") == 0
     # Other tests may have configured a formatter on the "refers" logger: check content, not format.
     first, second = (tmp_path / "first.log").read_text(), (tmp_path / "second.log").read_text()
     assert first.rstrip().endswith("hello from first") and "second" not in first
     assert second.rstrip().endswith("hello from second") and "first" not in second
     assert all(h.stream is sys.stderr for h in root.handlers)
+
+
+def test_in_process_runs_report_errors_as_the_command_does(tmp_path, capsys, monkeypatch):
+    # The sweep runs the fine-tuning stage through the library, not the command line: the same
+    # one-line error and exit code as `refers finetune`, and argparse's exit 2 for a bad flag.
+    from refers.cli.finetune import main as finetune_main
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # one process, no group
+        monkeypatch.delenv(key, raising=False)
+
+    argv = ["--name", "x", "--dataset", "Shenzhen_Tuberculosis", "--list_dir", str(tmp_path / "nowhere"), "--device", "cpu",
+            "--output_dir", str(tmp_path / "out")]
+    assert finetune_main(argv) == 1
+    expected = capsys.readouterr().err.strip().splitlines()[-1]
+    assert expected.startswith("refers finetune: error: list folder not found")
+    assert sweep_runner._run_in_process(["finetune", *argv], tmp_path, tmp_path / "train.log") == 1
+    assert (tmp_path / "train.log").read_text().strip().splitlines()[-1] == expected
+    assert sweep_runner._run_in_process(["test", "--no_such_flag"], tmp_path, tmp_path / "test.log") == 2
+    assert "refers test: error: unrecognized arguments: --no_such_flag" in (tmp_path / "test.log").read_text()
 
 
 def test_parallel_jobs_get_their_own_device(tmp_path):

@@ -1,4 +1,5 @@
-"""The bottom layer: errors, atomic file output, checkpoint files, paths and the synthetic-data marker.
+"""The bottom layer: errors, atomic file output, checkpoint files, paths, file digests, the synthetic-data
+marker, and the declared order of the package's layers (:mod:`refers.base.layers`).
 
 Everything else in ``refers`` may import from here; nothing here imports from the rest of ``refers``.
 """

@@ -1,12 +1,17 @@
 """The errors that mean "the input is wrong", not "the program is wrong".
 
 Commands print these as one line (``prog: error: ...``) and exit with ``exit_code``, without a
-traceback; the library raises them, the command line catches them (:mod:`refers.cli.common`).
+traceback; the library raises them, and :func:`reporting_errors` turns them into that line and
+code, for the commands (:mod:`refers.cli.common`) and for the apps that run a command's work in
+their own process (the sweep's in-process runs, the bench's data).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+from typing import Callable, Sequence
 
 
 class UserError(Exception):
@@ -32,3 +37,32 @@ class ListFormatError(ValueError):
 
 class UnreadableImageError(OSError):
     """An image that exists but cannot be decoded; the message names the file."""
+
+
+# Errors that mean "the input is wrong", not "the program is wrong".
+EXPECTED_ERRORS = (UserError, ListFormatError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def reporting_errors(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:
+    """Decorate a ``main(argv)`` so that expected errors print ``prog: error: ...`` and return a code.
+
+    An expected error returns its ``exit_code`` (1 when it has none); Ctrl-C prints ``prog: interrupted``
+    and returns 130.
+    """
+
+    def wrap(func: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+        @functools.wraps(func)
+        def main(argv: Sequence[str] | None = None) -> int:
+            try:
+                return int(func(argv) or 0)
+            except EXPECTED_ERRORS as error:
+                code = getattr(error, "exit_code", 1)
+                print(f"{prog}: error: {error}", file=sys.stderr)
+                return code
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+
+        return main
+
+    return wrap

@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from refers.base.atomic import atomic_output
+
 MIMIC_STUDIES = 227_835
 MIMIC_IMAGES = 377_110
 VIEWS = ("PA", "AP", "LATERAL", "LL", "")
@@ -53,9 +55,7 @@ def write_index(path: Path, studies: int = MIMIC_STUDIES, images: int = MIMIC_IM
         findings, impression = " ".join(words[:cut]) + ".", " ".join(words[cut:]) + "."
         pool.append((findings, impression, f"{findings} {impression}"))
     per_study = 1 + np.bincount(rng.integers(0, studies, images - studies), minlength=studies)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for i in range(studies):
             subject, study = 10_000_000 + i // 2, 50_000_000 + i
             folder = f"files/p{str(subject)[:2]}/p{subject}/s{study}"
@@ -69,7 +69,6 @@ def write_index(path: Path, studies: int = MIMIC_STUDIES, images: int = MIMIC_IM
                 "labels": [None if v > 1 else float(v) for v in rng.integers(-1, 3, 14)],
             }
             handle.write(json.dumps(record) + "\n")
-    os.replace(tmp, path)
     return path
 
 

@@ -61,7 +61,8 @@ def make_bench_data(cache: Path, png_size: int = 1024, jpeg_size: int = 2048, st
             1024x1024 and about 2500x3000).
         studies: ``refers synth --studies`` (10: 25 NIH images, about 20 MIMIC images).
     """
-    from refers.cli import prepare, synth
+    from refers.base.errors import reporting_errors
+    from refers.data.synth.generate import synthesise
 
     root = cache / f"data_png{png_size}_jpeg{jpeg_size}_s{studies}"
     data = BenchData(root, root / "DataProcessed" / NIH, root / "DataProcessed" / "MIMIC", png_size, jpeg_size)
@@ -74,18 +75,27 @@ def make_bench_data(cache: Path, png_size: int = 1024, jpeg_size: int = 2048, st
         for old in cache.glob("data_*"):
             shutil.rmtree(old, ignore_errors=True)
     for name, size in ((NIH, png_size), (MIMIC, jpeg_size)):
-        code = synth.main(["--out", str(data.data), "--studies", str(studies), "--datasets", name, "--image-size", str(size),
-                           "--no-progress"])
+        # refers synth --out DATA --studies N --datasets NAME --image-size SIZE --no-progress
+        code = reporting_errors("refers synth")(lambda _: synthesise(
+            data.data, studies=studies, image_size=size, datasets=[name], progress=False))(None)
         if code:
             raise RuntimeError(f"refers synth failed for {name} (exit {code})")
-    steps = (["nih", "--root", str(data.data / NIH), "--out", str(data.nih_lists), "--force"],
-             ["mimic", "--root", str(data.data / MIMIC), "--out", str(data.mimic_lists), "--force"])
-    for argv in steps:
-        code = prepare.main(argv)
+    for name, lists in ((NIH, data.nih_lists), (MIMIC, data.mimic_lists)):
+        code = reporting_errors("refers prepare")(lambda _: _prepare(name, data.data / name, lists))(None)
         if code:
-            raise RuntimeError(f"refers prepare {argv[0]} failed (exit {code})")
+            raise RuntimeError(f"refers prepare {'nih' if name == NIH else 'mimic'} failed (exit {code})")
     done.write_text("synthetic benchmark data, complete\n", encoding="utf-8")
     return data
+
+
+def _prepare(name: str, root: Path, out: Path) -> None:
+    """``refers prepare nih|mimic --root ROOT --out OUT --force``, through the library."""
+    from refers.prepare.common import command_line
+    from refers.prepare.run import prepare_dataset
+
+    alias = "nih" if name == NIH else "mimic"
+    argv = [alias, "--root", str(root), "--out", str(out), "--force"]
+    prepare_dataset(alias, root=root, out=out, force=True, command=command_line(argv)).print()
 
 
 # ----------------------------------------------------------------------------------------- datasets

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from refers.base.atomic import atomic_output
 from refers.base.errors import UserError as UserError
 from refers.cli.common import command
 
@@ -51,8 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for source in (written, written.with_name(written.name + ".json")):
             target = folder / ("refers_checkpoint." + args.format + (".json" if source.suffix == ".json" else ""))
             if source.is_file() and source.resolve() != target.resolve():
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(source, tmp)
-                tmp.replace(target)
+                with atomic_output(target) as tmp:
+                    shutil.copyfile(source, tmp)
         print(f"copied to {folder / ('refers_checkpoint.' + args.format)}")
     return 0

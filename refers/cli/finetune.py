@@ -1,57 +1,19 @@
 """``refers finetune`` (= ``Fine-tune/train.py``): fine-tune on a downstream dataset, or test with ``--stage test``.
 
 Runs as one process or under ``torchrun`` / ``python -m torch.distributed.launch`` (gloo on a CPU),
-with the original ``train.py``'s flags; see :mod:`refers.finetune.config`.
+with the original ``train.py``'s flags; see :mod:`refers.finetune.config`. The work itself is
+:func:`refers.finetune.stages.run`.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 from refers.base.errors import UserError as UserError
 from refers.cli.common import command
+from refers.finetune.stages import run, setup_logging
 
-
-def setup_logging(is_main: bool) -> None:
-    """INFO on rank 0, warnings only on the other ranks (the original's choice)."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO if is_main else logging.WARNING)
-    logging.getLogger("refers").setLevel(logging.INFO if is_main else logging.WARNING)
-
-
-def run(argv: Sequence[str] | None, prog: str, stage: str) -> int:
-    """Parse, start the process group, train or test, and always leave the group."""
-    import sys
-
-    from refers.finetune.config import parse_args
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv, prog, stage)
-
-    from refers.base.errors import UnreadableImageError
-    from refers.engine.distributed import cleanup, init_distributed
-
-    info = init_distributed(args.local_rank if args.local_rank >= 0 else None, args.device)
-    setup_logging(info.is_main)
-    try:
-        if args.stage == "train":
-            from refers.finetune.train import train
-
-            train(args, info, argv)
-        else:
-            from refers.finetune.testing import run_test
-
-            outcome = run_test(args, info)
-            if info.is_main:
-                low, high = outcome.ci
-                print(f"mean AUC {outcome.mean_auc:.4f} (95% CI {low:.4f}-{high:.4f}) on {outcome.n_images} test images; "
-                      f"predictions in {outcome.folder}")
-    except UnreadableImageError as error:
-        raise UserError(str(error).strip().splitlines()[-1].split("UnreadableImageError: ", 1)[-1]) from None
-    finally:
-        cleanup(info)
-    return 0
+__all__ = ["main", "run", "setup_logging"]
 
 
 @command("refers finetune")

@@ -22,9 +22,9 @@ from typing import Sequence
 
 from refers.base.errors import UserError as UserError
 from refers.cli.common import command
+from refers.prepare.run import DATASET_COMMANDS, NIH_SHORT_SIDE, prepare_dataset
 
 PROG = "refers prepare"
-DATASET_COMMANDS = ("mimic", "nih", "shenzhen", "covid", "vinbig")
 
 
 def _common(parser: argparse.ArgumentParser, images: bool = False, split: bool = False, skip: bool = True) -> None:
@@ -58,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     nih = sub.add_parser("nih", help="NIH ChestX-ray14: train/val/test lists from Data_Entry_2017.csv")
     _common(nih, images=True, split=True)
-    nih.add_argument("--short-side", type=int, default=512,
+    nih.add_argument("--short-side", type=int, default=NIH_SHORT_SIDE,
                      help="copy the images at this shorter side into --images-out, 4x faster to decode than the "
-                          "1024x1024 originals (default 512; 0 keeps the originals)")
+                          f"1024x1024 originals (default {NIH_SHORT_SIDE}; 0 keeps the originals)")
     nih.add_argument("--split", choices=("original", "official", "patient"), default="patient",
                      help="original: the published val/test lists (--lists) and every other image as train; "
                           "official: test_list.txt + validation by patient; patient: seeded patient split (default)")
@@ -147,84 +147,95 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError("--scale must be in (0, 1] and --max-size at least 8", exit_code=2)
 
 
-def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+def _dataset_options(args: argparse.Namespace) -> dict:
+    """The flags of a dataset command as the keywords of its ``prepare_<dataset>`` function."""
+    action = args.action
+    options: dict = {}
+    if action != "shenzhen":  # (shenzhen lists what is on disk, so it has nothing to skip)
+        options["skip_bad"] = args.skip_bad_images
+    if action == "mimic":
+        options.update(reports=args.reports, short_side=args.short_side, sections=[s.lower() for s in args.sections])
+    else:
+        options.update(ratios=args.ratios, seed=args.seed)
+    if action in ("nih", "shenzhen", "covid"):
+        options.update(split=args.split, lists=args.lists)
+    if action == "nih":
+        options["short_side"] = args.short_side
+    elif action == "covid":
+        options["views"] = args.views
+    elif action == "vinbig":
+        options.update(scale=args.scale, max_size=args.max_size, label_rule=args.label_rule)
+    return options
+
+
+def _prepare_dataset(args: argparse.Namespace, cmd: str) -> int:
+    """``refers prepare mimic|nih|shenzhen|covid|vinbig``."""
+    summary = prepare_dataset(args.action, root=args.root, out=args.out, force=args.force, command=cmd,
+                              workers=getattr(args, "workers", None), images_out=getattr(args, "images_out", None),
+                              **_dataset_options(args))
+    summary.print()
+    return 0
+
+
+def _fractions(args: argparse.Namespace, spec, lists: Path, cmd: str) -> int:
+    """``refers prepare fractions``: the label-efficient subsets of a list folder."""
+    from refers.prepare.fractions import write_fractions
+
+    if spec.alias == "mimic":
+        raise UserError("fractions are for the fine-tuning datasets (nih, vinbig, shenzhen, covid)", exit_code=2)
+    write_fractions(lists, args.percent, args.seeds, args.val_percent, spec.label_columns, args.force, cmd).print()
+    return 0
+
+
+def _pack(args: argparse.Namespace, spec, lists: Path) -> int:
+    """``refers prepare pack``: one memory-mapped file of the resized images of the lists."""
+    from refers.data.packed_cache import PackError, build_packed_cache
     from refers.prepare import layout
-    from refers.prepare.common import command_line, default_workers
+    from refers.prepare.common import default_workers
 
-    _validate(args)
-    cmd = command_line(argv)
-    if args.action in DATASET_COMMANDS:
-        spec = _spec(args.action)
-        root = args.root if args.root is not None else layout.raw_dir(spec)
-        if not root.is_dir():
-            raise FileNotFoundError(f"dataset folder {root} not found (put the download there or pass --root)")
-        out = args.out if args.out is not None else layout.lists_dir(spec)
-        common = {"root": root, "out": out, "force": args.force, "command": cmd}
-        workers = getattr(args, "workers", None) or default_workers()
-        images_out = getattr(args, "images_out", None) or layout.prepared_dir(spec, root)
-        if args.action == "mimic":
-            from refers.prepare.mimic import prepare_mimic
+    if args.size < 8:
+        raise UserError("--size must be at least 8", exit_code=2)
+    images = args.images if args.images is not None else layout.image_root_for(spec, lists)
+    out = args.out if args.out is not None else layout.raw_dir(spec) / f"packed_{args.size}"
+    try:
+        files = sorted(p for p in lists.glob("*.txt") if p.name.split("_")[0].split(".")[0] in ("train", "val", "valid", "test"))
+        build_packed_cache(files, images, out, args.size, args.workers or default_workers())
+    except PackError as error:
+        raise UserError(str(error)) from None
+    print(f"packed the images of {lists} into {out} (use it with train.py --packed_cache {out})")
+    return 0
 
-            summary = prepare_mimic(images_out=images_out, reports=args.reports, short_side=args.short_side,
-                                    sections=[s.lower() for s in args.sections], workers=workers,
-                                    skip_bad=args.skip_bad_images, **common)
-        elif args.action == "nih":
-            from refers.prepare.nih import prepare_nih
 
-            summary = prepare_nih(images_out=images_out, short_side=args.short_side or None, workers=workers,
-                                  split=args.split, lists=args.lists, ratios=args.ratios, seed=args.seed,
-                                  skip_bad=args.skip_bad_images, **common)
-        elif args.action == "shenzhen":
-            from refers.prepare.shenzhen import prepare_shenzhen
-
-            summary = prepare_shenzhen(split=args.split, lists=args.lists, ratios=args.ratios, seed=args.seed, **common)
-        elif args.action == "covid":
-            from refers.prepare.covid import prepare_covid
-
-            summary = prepare_covid(split=args.split, lists=args.lists, views=args.views, ratios=args.ratios,
-                                    seed=args.seed, skip_bad=args.skip_bad_images, **common)
-        else:
-            from refers.prepare.vinbig import prepare_vinbig
-
-            summary = prepare_vinbig(images_out=images_out, scale=args.scale, max_size=args.max_size,
-                                     label_rule=args.label_rule, ratios=args.ratios, seed=args.seed, workers=workers,
-                                     skip_bad=args.skip_bad_images, **common)
-        summary.print()
-        return 0
-
-    spec = _spec(args.dataset)
-    lists = args.lists if args.lists is not None else layout.lists_dir(spec)
-    if not lists.is_dir():
-        raise FileNotFoundError(f"list folder {lists} not found")
-    if args.action == "fractions":
-        from refers.prepare.fractions import write_fractions
-
-        if spec.alias == "mimic":
-            raise UserError("fractions are for the fine-tuning datasets (nih, vinbig, shenzhen, covid)", exit_code=2)
-        write_fractions(lists, args.percent, args.seeds, args.val_percent, spec.label_columns, args.force, cmd).print()
-        return 0
-    if args.action == "pack":
-        from refers.data.packed_cache import PackError, build_packed_cache
-
-        if args.size < 8:
-            raise UserError("--size must be at least 8", exit_code=2)
-        images = args.images if args.images is not None else layout.image_root_for(spec, lists)
-        out = args.out if args.out is not None else layout.raw_dir(spec) / f"packed_{args.size}"
-        try:
-            files = sorted(p for p in lists.glob("*.txt") if p.name.split("_")[0].split(".")[0] in ("train", "val", "valid", "test"))
-            build_packed_cache(files, images, out, args.size, args.workers or default_workers())
-        except PackError as error:
-            raise UserError(str(error)) from None
-        print(f"packed the images of {lists} into {out} (use it with train.py --packed_cache {out})")
-        return 0
-
+def _check(args: argparse.Namespace, spec, lists: Path) -> int:
+    """``refers prepare check``: exit 1 when a list and its images disagree."""
+    from refers.prepare import layout
     from refers.prepare.check import check_lists
+    from refers.prepare.common import default_workers
 
     images = args.images if args.images is not None else layout.image_root_for(spec, lists)
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} not found (pass --images)")
     ok = check_lists(spec, lists, images, args.workers or default_workers(), decode=not args.quick)
     return 0 if ok else 1
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from refers.prepare import layout
+    from refers.prepare.common import command_line
+
+    _validate(args)
+    cmd = command_line(argv)
+    if args.action in DATASET_COMMANDS:
+        return _prepare_dataset(args, cmd)
+    spec = _spec(args.dataset)
+    lists = args.lists if args.lists is not None else layout.lists_dir(spec)
+    if not lists.is_dir():
+        raise FileNotFoundError(f"list folder {lists} not found")
+    if args.action == "fractions":
+        return _fractions(args, spec, lists, cmd)
+    if args.action == "pack":
+        return _pack(args, spec, lists)
+    return _check(args, spec, lists)
 
 
 @command(PROG)

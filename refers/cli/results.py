@@ -46,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}", exit_code=2)
     from tqdm import tqdm
 
-    from refers.base.atomic import atomic_write_text
-    from refers.base.synthetic import SYNTHETIC_MARKER
+    from refers.base.synthetic import mark_synthetic
     from refers.eval.figures import write_figures
     from refers.eval.report import build_report
     from refers.eval.tables import console_summary, write_tables
@@ -76,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written = write_tables(report, out)
     if tree.synthetic:  # outputs made from synthetic data carry the marker too
-        atomic_write_text(out / SYNTHETIC_MARKER, "Made from prediction files of SYNTHETIC data: not results on real patients.\n")
+        mark_synthetic(out, "Made from prediction files of SYNTHETIC data: not results on real patients.\n")
     if args.figures:
         written += write_figures(report, out / "figures", progress=lambda jobs: progress(jobs, "figures"))
     print(console_summary(report))

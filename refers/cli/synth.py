@@ -9,7 +9,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
@@ -76,24 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     datasets = _resolve(args.datasets, parser)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is a file, not a folder", exit_code=2)
-    from refers.data.synth import NotSyntheticError, generate
+    from refers.data.synth.generate import synthesise
 
-    if "VinBigData_Chest_X-ray" in datasets:
-        try:
-            import pydicom  # noqa: F401
-        except ImportError:
-            raise UserError("VinBigData needs pydicom to write DICOM files: pip install pydicom "
-                               "(or leave it out with --datasets)") from None
-    try:
-        summary = generate(args.out, studies=args.studies, seed=args.seed, image_size=args.image_size,
-                           datasets=datasets, workers=args.workers, progress=not args.no_progress)
-    except NotSyntheticError as error:
-        raise UserError(str(error), exit_code=1) from None
-    for name, counts in summary.items():
-        details = ", ".join(f"{key} {value}" for key, value in counts.items())
-        print(f"{args.out}/{name}: {details} (SYNTHETIC)")
+    synthesise(args.out, studies=args.studies, seed=args.seed, image_size=args.image_size, datasets=datasets,
+               workers=args.workers, progress=not args.no_progress)
     return 0
 
 

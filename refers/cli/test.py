@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from refers.cli.common import command
-from refers.cli.finetune import run
+from refers.finetune.stages import run
 
 
 @command("refers test")

@@ -158,6 +158,12 @@ def find_split_file(list_dir: str | os.PathLike, split: str) -> Path:
     raise FileNotFoundError(f"no {' or '.join(names)} in {list_dir}")
 
 
+def fraction_name(prefix: str, percent: float, seed: int | None = None) -> str:
+    """``train_1_seed0.txt`` / ``train_10.txt`` / ``val_0.5_seed2.txt``."""
+    stem = f"{prefix}_{percent:g}"
+    return f"{stem}.txt" if seed is None else f"{stem}_seed{seed}.txt"
+
+
 def format_label(value: float, style: str) -> str:
     """``style`` 'int' writes 0/1 (NIH, Shenzhen, COVID); 'float' writes 0.0/1.0 (VinBigData)."""
     if style == "int":

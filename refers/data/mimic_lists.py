@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from refers.base.errors import ListFormatError
-from refers.base.atomic import atomic_write_text
+from refers.base.atomic import atomic_output, atomic_write_text
 from refers.base.paths import safe_join
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -274,7 +274,6 @@ def write_study_list(path: str | os.PathLike, studies: Sequence[Study], labels: 
         raise ValueError(f"{len(studies)} studies but {len(labels)} label rows")
     atomic_write_text(path, "".join(f"{study.folder}\n" for study in studies))
     label_path = path.with_name(f"{path.stem}_label.npy")
-    tmp = label_path.with_name(f".{label_path.name}.tmp.npy")
-    np.save(tmp, np.asarray(labels, dtype=np.float32))
-    os.replace(tmp, label_path)
+    with atomic_output(label_path, suffix=".npy") as tmp:  # (np.save adds .npy to any other name)
+        np.save(tmp, np.asarray(labels, dtype=np.float32))
     return path, label_path

@@ -24,12 +24,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from refers.base.atomic import atomic_output, atomic_write_text
 
 PACK_FORMAT = "refers-packed-images-v1"
 DATA_FILE, INDEX_FILE, META_FILE = "images.u8", "index.npz", "pack.json"
@@ -116,11 +117,10 @@ def build_packed_cache(list_files: Sequence[str | os.PathLike], image_root: str 
     heights = np.zeros(len(paths), dtype=np.int32)
     widths = np.zeros(len(paths), dtype=np.int32)
     errors: list[str] = []
-    fd, tmp_data = tempfile.mkstemp(dir=out, prefix=f".{DATA_FILE}.", suffix=".tmp")
-    tmp_index = out / f".{INDEX_FILE}.tmp.npz"
-    try:
-        written = 0
-        with os.fdopen(fd, "wb") as handle:
+    written = 0
+    # Both files are renamed into place together, once complete (np.savez wants a name ending in .npz).
+    with atomic_output(out / DATA_FILE) as tmp_data, atomic_output(out / INDEX_FILE, suffix=".npz") as tmp_index:
+        with open(tmp_data, "wb") as handle:
             jobs = list(enumerate(files))
             results = parallel_map(functools.partial(_decode_job, size=size), jobs, workers, "packing images") if progress \
                 else map(functools.partial(_decode_job, size=size), jobs)
@@ -135,18 +135,11 @@ def build_packed_cache(list_files: Sequence[str | os.PathLike], image_root: str 
             raise PackError(f"{len(errors)} image(s) unreadable, first: {'; '.join(sorted(errors)[:3])}")
         np.savez(tmp_index, paths=np.asarray(paths), offsets=offsets, heights=heights, widths=widths)
         (out / META_FILE).unlink(missing_ok=True)  # the pack is incomplete from here until pack.json
-        os.replace(tmp_data, out / DATA_FILE)
-        os.replace(tmp_index, out / INDEX_FILE)
-    finally:
-        for tmp in (Path(tmp_data), tmp_index):
-            tmp.unlink(missing_ok=True)
     marker = synthetic_marker(image_root)
     stamp_synthetic(out, marker)
     meta = {"format": PACK_FORMAT, "size": size, "count": len(paths), "bytes": int(written),
             "lists": [str(Path(p).resolve()) for p in list_files], "image_root": str(image_root.resolve()),
             "synthetic": marker is not None}
-    from refers.base.atomic import atomic_write_text
-
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     return out
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from refers.base.atomic import atomic_write_text
+from refers.base.atomic import atomic_output, atomic_write_text
 from refers.base.checkpoints import atomic_torch_save, safe_load
 from refers.models.weights import timm_to_original
 
@@ -51,15 +51,9 @@ def save_encoder(
     else:
         from safetensors.torch import save_file
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
         metadata = {k: str(v) for k, v in (provenance or {}).items()}
-        try:
+        with atomic_output(out) as tmp:
             save_file(state, str(tmp), metadata=metadata)
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     if provenance is not None:
         atomic_write_text(out.with_name(out.name + ".json"), json.dumps(provenance, indent=2) + "\n")
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from refers.base.atomic import atomic_write_text
-from refers.base.synthetic import SYNTHETIC_MARKER
+from refers.base.synthetic import mark_synthetic
 from refers.base.paths import project_root
 
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "tokenizers", "sentencepiece", "numpy", "pillow", "refers")
@@ -83,6 +83,4 @@ def write_run_info(
     }
     atomic_write_text(folder / "run_info.json", json.dumps(info, indent=2) + "\n")
     if synthetic:
-        atomic_write_text(
-            folder / SYNTHETIC_MARKER, "This run was trained on SYNTHETIC data; its numbers say nothing about real X-rays.\n"
-        )
+        mark_synthetic(folder, "This run was trained on SYNTHETIC data; its numbers say nothing about real X-rays.\n")

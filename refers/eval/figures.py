@@ -8,15 +8,14 @@ carry "SYNTHETIC" in their title and across the plot.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from refers.base.atomic import atomic_output
 from refers.eval.report import MethodSummary, Report
 from refers.eval.tree import dataset_key, group_key, group_label, method_key
 
@@ -36,15 +35,8 @@ def slug(text: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".png") as tmp:  # matplotlib picks the format from the name
         fig.savefig(tmp, dpi=100)  # layout already tightened: no second draw for bbox_inches="tight"
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -30,7 +30,7 @@ from refers.data.registry import get_dataset
 from refers.base.synthetic import is_synthetic
 from refers.base.paths import data_dir, processed_dir
 from refers.prepare.common import image_root_of, read_dataset_yaml
-from refers.prepare.fractions import fraction_name
+from refers.data.lists import fraction_name
 from refers.prepare.layout import locate_image
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import numpy as np
 from refers.base.atomic import atomic_write_text
 from refers.data.lists import find_split_file
 from refers.engine.distributed import DistInfo
-from refers.base.synthetic import SYNTHETIC_MARKER
+from refers.base.synthetic import mark_synthetic
 from refers.engine.run_info import device_description, git_commit, package_versions
 from refers.eval.metrics import bootstrap_ci, mean_auc, per_class_auc
 from refers.eval.predictions import write_prediction_files
@@ -39,7 +39,7 @@ from refers.finetune.evaluate import evaluate
 from refers.finetune.model import load_finetuned
 from refers.finetune.precision import make_precision
 from refers.base.paths import results_dir
-from refers.prepare.common import sha256_file
+from refers.base.digest import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def write_outputs(outcome: TestOutcome, args: argparse.Namespace, setup, result,
     folder = outcome.folder
     write_prediction_files(folder, setup.classes, result.labels, result.probs)
     if setup.synthetic:
-        atomic_write_text(folder / SYNTHETIC_MARKER, "Made from SYNTHETIC data: these numbers say nothing about real X-rays.\n")
+        mark_synthetic(folder, "Made from SYNTHETIC data: these numbers say nothing about real X-rays.\n")
     summary = {
         "synthetic": setup.synthetic, "dataset": setup.dataset, "data_volume": args.data_volume, "method": args.method,
         "seed": args.seed, "checkpoint": str(Path(args.pretrained_dir).resolve()), "test_list": str(test_file.resolve()),

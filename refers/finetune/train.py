@@ -30,10 +30,9 @@ from torch.utils.data import DataLoader
 from refers.base.errors import UserError as UserError
 from refers.data.device_transforms import to_model_input
 from refers.base.errors import UnreadableImageError
-from refers.base.atomic import atomic_write_text
 from refers.base.checkpoints import atomic_torch_save, safe_load
 from refers.engine.distributed import DistInfo
-from refers.base.synthetic import SYNTHETIC_MARKER
+from refers.base.synthetic import mark_synthetic
 from refers.engine.run_info import write_run_info
 from refers.engine.sampling import DataPosition, ResumableBatchSampler, SeededDataset, cycle_batches
 from refers.engine.train_state import capture_rng_state, restore_rng_state, seed_everything
@@ -168,7 +167,7 @@ def train(args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()) ->
     if info.is_main:
         write_run_info(args.log_dir, argv, yaml.safe_dump(to_plain(args), sort_keys=True), info.device, info.world_size, setup.synthetic)
         if setup.synthetic:  # the checkpoints' folder says so too
-            atomic_write_text(Path(args.output_dir) / SYNTHETIC_MARKER, "Checkpoints here were trained on SYNTHETIC data.\n")
+            mark_synthetic(args.output_dir, "Checkpoints here were trained on SYNTHETIC data.\n")
 
     from tqdm import tqdm
 

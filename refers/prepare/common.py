@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import os
 import shlex
 import sys
@@ -22,6 +21,8 @@ import yaml
 
 from refers import __version__
 from refers.base.atomic import atomic_write_text
+from refers.base.digest import sha256_file
+from refers.base.errors import UserError
 
 DATASET_YAML = "dataset.yaml"
 
@@ -29,8 +30,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class PrepareError(ValueError):
-    """Bad input or an unsafe request; the message names the file (and line) at fault."""
+class PrepareError(UserError, ValueError):
+    """Bad input or an unsafe request; the message names the file (and line) at fault (exit 1)."""
 
 
 # --------------------------------------------------------------------------- output guards
@@ -101,14 +102,6 @@ def read_csv(path: Path, required: Sequence[str], optional: Sequence[str] = ()) 
 
 
 # --------------------------------------------------------------------------- provenance
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def command_line(argv: Sequence[str] | None) -> str:

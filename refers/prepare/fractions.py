@@ -19,7 +19,7 @@ import numpy as np
 
 from refers.base.atomic import atomic_write_text
 from refers.base.text_files import text_lines
-from refers.data.lists import find_split_file, read_list
+from refers.data.lists import find_split_file, fraction_name, read_list
 from refers.prepare.common import PrepareError, Summary, ensure_new, made_by, write_dataset_yaml
 
 
@@ -54,12 +54,6 @@ def sample_fraction(labels: np.ndarray, percent: float, seed: int) -> np.ndarray
             break
         chosen.add(int(index))
     return np.array(sorted(chosen), dtype=np.int64)
-
-
-def fraction_name(prefix: str, percent: float, seed: int | None = None) -> str:
-    """``train_1_seed0.txt`` / ``train_10.txt`` / ``val_0.5_seed2.txt``."""
-    stem = f"{prefix}_{percent:g}"
-    return f"{stem}.txt" if seed is None else f"{stem}_seed{seed}.txt"
 
 
 def _raw_lines(path: Path) -> list[str]:

@@ -17,6 +17,7 @@ Splits (never the same patient in two):
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -73,6 +74,119 @@ def _shorter_side(path: Path) -> int:
         return 0
 
 
+@dataclass
+class _Entries:
+    """The rows of ``Data_Entry_2017.csv``: one image each, in the file's order."""
+
+    csv_path: Path
+    names: list[str]
+    labels: list[np.ndarray]
+    patients: list[str]
+    line_of: dict[str, int]  # image name -> its line in the CSV
+
+    def indices(self, source: Path, entries: list[tuple[int, str]]) -> list[int]:
+        """The rows of the image names ``entries`` (line, name) read from ``source``."""
+        index = {name: i for i, name in enumerate(self.names)}
+        found = []
+        for line, name in entries:
+            if name not in index:
+                raise PrepareError(f"{source}:{line}: image {name} is not in {self.csv_path.name}")
+            found.append(index[name])
+        return found
+
+
+def _read_entries(csv_path: Path) -> _Entries:
+    """Parse the data entry file; an image listed twice is an error naming both lines."""
+    entries = _Entries(csv_path, [], [], [], {})
+    for line, row in read_csv(csv_path, ("Image Index", "Finding Labels", "Patient ID")):
+        name = row["Image Index"]
+        if name in entries.line_of:
+            raise PrepareError(f"{csv_path}:{line}: image {name} listed twice (first on line {entries.line_of[name]})")
+        entries.line_of[name] = line
+        entries.names.append(name)
+        entries.labels.append(parse_findings(row["Finding Labels"], f"{csv_path}:{line}"))
+        entries.patients.append(row["Patient ID"])
+    return entries
+
+
+def _assign(entries: _Entries, root: Path, split: str, lists: Path | None, ratios: Sequence[float], seed: int,
+            sources: list[Path]) -> np.ndarray:
+    """Each row's split (0 train, 1 val, 2 test; -1 left out) by the ``split`` rule; adds the files read to ``sources``."""
+    names, patients = entries.names, entries.patients
+    assignment = np.full(len(names), -1, dtype=np.int64)
+    if split == "patient":
+        assignment[:] = group_split(patients, ratios, seed)
+    elif split == "official":
+        test_path = find_source(root, "test_list.txt")
+        sources.append(test_path)
+        test = entries.indices(test_path, _names_from_text(test_path))
+        assignment[:] = 0
+        assignment[test] = 2
+        rest = np.flatnonzero(assignment == 0)
+        shares = (ratios[0], ratios[1], 0.0)
+        assignment[rest] = group_split([patients[i] for i in rest], shares, seed)
+    elif split == "original":
+        if lists is None:
+            raise PrepareError("--split original needs --lists DIR (the original's published val.txt and test.txt)")
+        assignment, list_files = assignment_from_lists(lists, names, len(NIH_CLASSES), ("val", "test"))
+        sources += list_files
+        assignment[assignment < 0] = 0  # train = every other image
+    else:
+        raise PrepareError(f"unknown --split {split!r} (original, official or patient)")
+    return assignment
+
+
+def _keep_patients_apart(entries: _Entries, assignment: np.ndarray, lists: Path | None,
+                         summary: Summary) -> dict[str, set[str]]:
+    """Leave out the train images of val/test patients; the patients of each split."""
+    patients = entries.patients
+    held_out = {patients[i] for i in np.flatnonzero(assignment > 0)}
+    leaking = [i for i in np.flatnonzero(assignment == 0) if patients[i] in held_out]
+    if leaking:
+        assignment[leaking] = -1
+        summary.note(f"left {len(leaking)} train images out: their patients are in val/test")
+    by_split = {name: {patients[i] for i in np.flatnonzero(assignment == k)} for k, name in enumerate(SPLITS)}
+    for a, b, shared in overlaps(by_split):
+        raise PrepareError(f"patients in both {a} and {b} (e.g. {sorted(shared)[0]}): the lists in {lists} are not patient-disjoint")
+    return by_split
+
+
+def _leave_out_missing(entries: _Entries, assignment: np.ndarray, on_disk: dict[str, str], root: Path,
+                       skip_bad: bool, summary: Summary) -> None:
+    """Stop at listed images that are not on disk, or with ``skip_bad`` leave them out."""
+    names, csv_path = entries.names, entries.csv_path
+    missing = [i for i in np.flatnonzero(assignment >= 0) if names[i] not in on_disk]
+    if missing:
+        first = names[missing[0]]
+        if not skip_bad:
+            raise PrepareError(f"{len(missing)} image(s) of {csv_path.name} not under {root}, first: {first} "
+                               f"({csv_path}:{entries.line_of[first]}); pass --skip-bad-images to leave them out")
+        summary.note(f"left out {len(missing)} images not on disk (--skip-bad-images)")
+        assignment[missing] = -1
+
+
+def _copy_smaller(entries: _Entries, assignment: np.ndarray, on_disk: dict[str, str], root: Path,
+                  images_out: Path | None, short_side: int | None, workers: int, skip_bad: bool,
+                  summary: Summary) -> Path:
+    """With ``short_side``, copy the listed images smaller into ``images_out`` when they are larger; the image root."""
+    names = entries.names
+    listed = np.flatnonzero(assignment >= 0)
+    files = {i: locate_image(root, on_disk[names[i]]) for i in listed}
+    sample = [files[i] for i in listed[:: max(1, len(listed) // 50)]]
+    if short_side and images_out is not None and any(_shorter_side(p) > short_side for p in sample):
+        ensure_separate(images_out, root, "--images-out")
+        jobs = [(str(files[i]), str(images_out / on_disk[names[i]])) for i in listed]
+        done = prepare_images(jobs, ResizeSpec(short_side=short_side), workers, skip_bad, summary, "nih images")
+        for i, (source, _) in zip(listed, jobs):
+            if source not in done:  # unreadable, left out with --skip-bad-images
+                assignment[i] = -1
+        stamp_synthetic(images_out, synthetic_marker(root))
+        return images_out
+    if short_side:
+        summary.note(f"images are at most {short_side} px on their shorter side already: the lists point to the originals")
+    return root
+
+
 def prepare_nih(
     root: Path,
     out: Path,
@@ -100,88 +214,18 @@ def prepare_nih(
     summary = Summary(f"nih -> {out}")
     csv_path = find_source(root, DATA_ENTRY)
     sources = [csv_path]
-    rows = read_csv(csv_path, ("Image Index", "Finding Labels", "Patient ID"))
+    entries = _read_entries(csv_path)
     on_disk = find_images(root)
 
-    names, labels, patients = [], [], []
-    line_of: dict[str, int] = {}
-    for line, row in rows:
-        name = row["Image Index"]
-        if name in line_of:
-            raise PrepareError(f"{csv_path}:{line}: image {name} listed twice (first on line {line_of[name]})")
-        line_of[name] = line
-        names.append(name)
-        labels.append(parse_findings(row["Finding Labels"], f"{csv_path}:{line}"))
-        patients.append(row["Patient ID"])
-    index = {name: i for i, name in enumerate(names)}
+    assignment = _assign(entries, root, split, lists, ratios, seed, sources)
+    by_split = _keep_patients_apart(entries, assignment, lists, summary)  # never the same patient in two splits
+    _leave_out_missing(entries, assignment, on_disk, root, skip_bad, summary)
+    image_root = _copy_smaller(entries, assignment, on_disk, root, images_out, short_side, workers, skip_bad, summary)
 
-    def lookup(source: Path, entries: list[tuple[int, str]]) -> list[int]:
-        found = []
-        for line, name in entries:
-            if name not in index:
-                raise PrepareError(f"{source}:{line}: image {name} is not in {csv_path.name}")
-            found.append(index[name])
-        return found
-
-    assignment = np.full(len(names), -1, dtype=np.int64)
-    if split == "patient":
-        assignment[:] = group_split(patients, ratios, seed)
-    elif split == "official":
-        test_path = find_source(root, "test_list.txt")
-        sources.append(test_path)
-        test = lookup(test_path, _names_from_text(test_path))
-        assignment[:] = 0
-        assignment[test] = 2
-        rest = np.flatnonzero(assignment == 0)
-        shares = (ratios[0], ratios[1], 0.0)
-        assignment[rest] = group_split([patients[i] for i in rest], shares, seed)
-    elif split == "original":
-        if lists is None:
-            raise PrepareError("--split original needs --lists DIR (the original's published val.txt and test.txt)")
-        assignment, list_files = assignment_from_lists(lists, names, len(NIH_CLASSES), ("val", "test"))
-        sources += list_files
-        assignment[assignment < 0] = 0  # train = every other image
-    else:
-        raise PrepareError(f"unknown --split {split!r} (original, official or patient)")
-
-    # Never the same patient in two splits: a train image of a val/test patient is left out.
-    held_out = {patients[i] for i in np.flatnonzero(assignment > 0)}
-    leaking = [i for i in np.flatnonzero(assignment == 0) if patients[i] in held_out]
-    if leaking:
-        assignment[leaking] = -1
-        summary.note(f"left {len(leaking)} train images out: their patients are in val/test")
-    by_split = {name: {patients[i] for i in np.flatnonzero(assignment == k)} for k, name in enumerate(SPLITS)}
-    for a, b, shared in overlaps(by_split):
-        raise PrepareError(f"patients in both {a} and {b} (e.g. {sorted(shared)[0]}): the lists in {lists} are not patient-disjoint")
-
-    missing = [names[i] for i in np.flatnonzero(assignment >= 0) if names[i] not in on_disk]
-    if missing:
-        if not skip_bad:
-            raise PrepareError(f"{len(missing)} image(s) of {csv_path.name} not under {root}, first: {missing[0]} "
-                               f"({csv_path}:{line_of[missing[0]]}); pass --skip-bad-images to leave them out")
-        summary.note(f"left out {len(missing)} images not on disk (--skip-bad-images)")
-        for name in missing:
-            assignment[index[name]] = -1
-
-    image_root = root
-    listed = np.flatnonzero(assignment >= 0)
-    files = {i: locate_image(root, on_disk[names[i]]) for i in listed}
-    sample = [files[i] for i in listed[:: max(1, len(listed) // 50)]]
-    if short_side and images_out is not None and any(_shorter_side(p) > short_side for p in sample):
-        ensure_separate(images_out, root, "--images-out")
-        jobs = [(str(files[i]), str(images_out / on_disk[names[i]])) for i in listed]
-        done = prepare_images(jobs, ResizeSpec(short_side=short_side), workers, skip_bad, summary, "nih images")
-        for i, (source, _) in zip(listed, jobs):
-            if source not in done:  # unreadable, left out with --skip-bad-images
-                assignment[i] = -1
-        stamp_synthetic(images_out, synthetic_marker(root))
-        image_root = images_out
-    elif short_side:
-        summary.note(f"images are at most {short_side} px on their shorter side already: the lists point to the originals")
-
+    labels = entries.labels
     label_matrix = np.stack(labels) if labels else np.zeros((0, len(NIH_CLASSES)), dtype=np.float32)
     # Listed images are all on disk (checked above); the path includes their images_XXX folder.
-    paths = [on_disk.get(name, name) for name in names]
+    paths = [on_disk.get(name, name) for name in entries.names]
     written, counts = write_split_lists(out, paths, label_matrix, assignment, summary)
     for name in SPLITS:
         counts[name]["patients"] = len(by_split[name])

@@ -9,17 +9,15 @@ needs no bookkeeping, and changing ``--short-side`` cannot leave stale sizes beh
 from __future__ import annotations
 
 import functools
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
 
+from refers.base.atomic import atomic_output, atomic_write_text
 from refers.data.images import DICOM_SUFFIXES, IMAGE_ERRORS, open_grey
-from refers.base.atomic import atomic_write_text
 from refers.base.errors import UnreadableImageError
 from refers.prepare.common import PrepareError, Summary, parallel_map
 
@@ -82,21 +80,13 @@ def _size_or_none(path: Path) -> tuple[int, int] | None:
 
 
 def save_atomic(image: Image.Image, target: Path, quality: int = 95) -> None:
-    """Save through a temporary file in the same folder and ``os.replace`` it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Save through a temporary file in the same folder, renamed into place (:func:`atomic_output`)."""
     fmt = "PNG" if target.suffix.lower() == ".png" else "JPEG"
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if fmt == "JPEG":
-                image.save(handle, fmt, quality=quality)
-            else:
-                image.save(handle, fmt, compress_level=3)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(target) as tmp, open(tmp, "wb") as handle:
+        if fmt == "JPEG":
+            image.save(handle, fmt, quality=quality)
+        else:
+            image.save(handle, fmt, compress_level=3)
 
 
 def prepare_image(job: tuple[str, str], spec: ResizeSpec) -> tuple[str, str, str, str]:

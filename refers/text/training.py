@@ -32,13 +32,12 @@ def read_report_texts(list_path: str | os.PathLike) -> list[str]:
 
 def stamp_if_synthetic(list_path: str | os.PathLike, *folders: Path) -> bool:
     """Mark tokenizer folders made from synthetic reports with ``SYNTHETIC.txt``; True if marked."""
-    from refers.base.atomic import atomic_write_text
-    from refers.base.synthetic import SYNTHETIC_MARKER, is_synthetic
+    from refers.base.synthetic import is_synthetic, mark_synthetic
 
     if not is_synthetic(list_path):
         return False
     for folder in folders:
-        atomic_write_text(Path(folder) / SYNTHETIC_MARKER, f"Trained on the SYNTHETIC reports of {list_path}.\n")
+        mark_synthetic(folder, f"Trained on the SYNTHETIC reports of {list_path}.\n")
     return True
 
 

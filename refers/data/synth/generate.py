@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from refers.base.errors import UserError
+from refers.base.synthetic import mark_synthetic
 from refers.data.synth import covid, mimic, nih, shenzhen, vinbig
-from refers.data.synth.io import check_writable, finish_partial, marker_text, MARKER, start_partial, write_gzip_text, write_text
+from refers.data.synth.io import NotSyntheticError, check_writable, finish_partial, marker_text, start_partial, write_gzip_text, write_text
 from refers.data.synth.plan import DatasetPlan, ImageJob, SynthConfig
 from refers.data.synth.render import batch_size, render_views
 
@@ -102,7 +104,7 @@ def generate(out: str | os.PathLike, studies: int, seed: int = 0, image_size: in
                 results = pool.imap_unordered(_render_batch, tasks) if pool else map(_render_batch, tasks)
                 for done in results:
                     bar.update(done)
-                write_text(partial / MARKER, marker_text(plan.name, seed, studies, image_size, plan.counts))
+                mark_synthetic(partial, marker_text(plan.name, seed, studies, image_size, plan.counts))
                 finish_partial(partial, folder)
                 summary[plan.name] = plan.counts
     finally:
@@ -110,3 +112,29 @@ def generate(out: str | os.PathLike, studies: int, seed: int = 0, image_size: in
             pool.close()
             pool.join()
     return summary
+
+
+def synthesise(out: str | os.PathLike, studies: int, seed: int = 0, image_size: int = 128,
+               datasets: Sequence[str] = tuple(BUILDERS), workers: int | None = None, progress: bool = True) -> None:
+    """What ``refers synth`` does once its flags are read: check, :func:`generate`, one line per dataset.
+
+    Raises:
+        refers.base.errors.UserError: ``out`` is a file (exit 2), VinBigData without pydicom, or a
+            target folder holds real data (exit 1).
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file, not a folder", exit_code=2)
+    if vinbig.NAME in datasets:
+        try:
+            import pydicom  # noqa: F401
+        except ImportError:
+            raise UserError("VinBigData needs pydicom to write DICOM files: pip install pydicom "
+                            "(or leave it out with --datasets)") from None
+    try:
+        summary = generate(out, studies=studies, seed=seed, image_size=image_size, datasets=datasets, workers=workers,
+                           progress=progress)
+    except NotSyntheticError as error:
+        raise UserError(str(error), exit_code=1) from None
+    for name, counts in summary.items():
+        details = ", ".join(f"{key} {value}" for key, value in counts.items())
+        print(f"{out}/{name}: {details} (SYNTHETIC)")

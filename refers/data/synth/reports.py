@@ -9,6 +9,8 @@ effusion lies at the image's right on a frontal view (see :mod:`refers.data.synt
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -45,108 +47,165 @@ def _where(patient: Patient, lesion: Lesion) -> str:
     return f"both {zone} lungs" if lesion.side == "B" else f"the {SIDE[lesion.side]} {zone} lung"
 
 
-def _positive(patient: Patient, lesion: Lesion, rng: np.random.Generator) -> Sentence | None:
-    """One sentence stating a present finding, or None for findings reports do not mention."""
-    k, sev, side = lesion.kind, lesion.severity, SIDE.get(lesion.side, "")
+@dataclass(frozen=True)
+class _Wording:
+    """What the sentences about one present finding are made of."""
+
+    sev: float  # severity in [0, 1]
+    side: str  # "right" / "left" / "bilateral", or "" for a finding without a side
+    where: str  # "the left lower lung", "both mid lungs", or ""
+    zone: str  # "upper" / "mid" / "lower", or ""
+    mm: int  # the lesion's size in mm
+    bilateral: bool
+    seed: int  # the lesion's own seed (the renderer's too)
+
+
+def _wording(patient: Patient, lesion: Lesion) -> _Wording:
     where, zone = (_where(patient, lesion), _zone(patient, lesion)) if lesion.side else ("", "")
     mm = int(round(lesion.size * 2 * 120))  # one body unit ~ 12 cm
-    uncertain = sev < 0.5 and rng.random() < 0.45  # subtle findings are often hedged
-    choices: list[Sentence]
-    if k == "cardiomegaly":
-        if uncertain:
-            return "The heart size is borderline enlarged.", {"Cardiomegaly": -1}
-        choices = [(f"{_adj(sev).capitalize()} cardiomegaly.", {"Cardiomegaly": 1}),
-                   (f"The heart is {_adj(sev)}ly enlarged.", {"Cardiomegaly": 1}),
-                   ("The cardiac silhouette is enlarged.", {"Cardiomegaly": 1})]
-    elif k == "effusion":
-        if uncertain:
-            return f"Possible small {side} pleural effusion.", {"Pleural Effusion": -1}
-        plural = "s" if lesion.side == "B" else ""
-        choices = [(f"{_size(sev).capitalize()} {side} pleural effusion{plural}.", {"Pleural Effusion": 1}),
-                   (f"There {'are' if plural else 'is'} a {_size(sev)} {side} pleural effusion{plural}.", {"Pleural Effusion": 1}),
-                   (f"Blunting of the {side} costophrenic angle{plural} consistent with {_size(sev)} effusion{plural}.",
-                    {"Pleural Effusion": 1})]
-    elif k == "pneumothorax":
-        if uncertain:
-            return f"A tiny {side} apical pneumothorax cannot be excluded.", {"Pneumothorax": -1}
-        choices = [(f"{_size(sev).capitalize()} {side} apical pneumothorax.", {"Pneumothorax": 1}),
-                   (f"There is a {_size(sev)} {side} pneumothorax.", {"Pneumothorax": 1}),
-                   (f"A {side} pleural line is seen with absent lung markings peripherally, consistent with pneumothorax.",
-                    {"Pneumothorax": 1})]
-    elif k == "consolidation":
-        if uncertain:
-            return (f"Subtle opacity in {where} could reflect atelectasis, though early consolidation cannot be excluded.",
-                    {"Atelectasis": -1, "Consolidation": -1, "Lung Opacity": 1})
-        choices = [(f"Focal consolidation in {where}.", {"Consolidation": 1}),
-                   (f"Dense opacity in {where}, consistent with consolidation.", {"Consolidation": 1, "Lung Opacity": 1}),
-                   (f"{side.capitalize()} {zone} lobe consolidation.", {"Consolidation": 1})]
-    elif k == "pneumonia":
-        choices = [(f"Patchy opacity in {where}, concerning for pneumonia.", {"Pneumonia": 1, "Lung Opacity": 1}),
-                   (f"{side.capitalize()} {zone} lobe pneumonia.", {"Pneumonia": 1})]
-        if uncertain:
-            return f"Ill-defined opacity in {where}; infection is possible.", {"Pneumonia": -1, "Lung Opacity": 1}
-    elif k == "infiltration":
-        choices = [(f"Hazy ill-defined opacities in {where}.", {"Lung Opacity": 1}),
-                   (f"Patchy infiltrates in {where}.", {"Lung Opacity": 1})]
-    elif k == "nodule":
-        if uncertain:
-            return f"Questionable nodular opacity in {where}.", {"Lung Lesion": -1}
-        choices = [(f"A {mm} mm nodule projects over {where}.", {"Lung Lesion": 1}),
-                   (f"{side.capitalize()} {zone} pulmonary nodule measuring {mm} mm.", {"Lung Lesion": 1})]
-    elif k == "mass":
-        choices = [(f"{side.capitalize()} {zone} lung mass measuring {mm / 10:.1f} cm.", {"Lung Lesion": 1}),
-                   (f"Large lobulated mass in {where}, concerning for malignancy.", {"Lung Lesion": 1})]
-    elif k == "atelectasis":
-        choices = [(f"{side.capitalize()} basilar atelectasis.", {"Atelectasis": 1}),
-                   (f"Plate-like atelectasis at the {side} lung base.", {"Atelectasis": 1}),
-                   (f"Linear opacity at the {side} base with elevation of the {side} hemidiaphragm, likely atelectasis.",
-                    {"Atelectasis": 1, "Lung Opacity": 1})]
-    elif k == "edema":
-        if uncertain:
-            return "Possible mild pulmonary vascular congestion.", {"Edema": -1}
-        choices = [(f"{_adj(sev).capitalize()} pulmonary edema.", {"Edema": 1}),
-                   (f"Perihilar haziness and vascular congestion consistent with {_adj(sev)} pulmonary edema.", {"Edema": 1}),
-                   ("Interstitial edema with Kerley B lines at the bases.", {"Edema": 1})]
-    elif k == "tuberculosis":
-        cavity = lesion.seed % 2 == 1  # the renderer draws a cavity for odd seeds
-        choices = [(f"Nodular opacities in {where}" + (" with cavitation" if cavity else "") + ", concerning for tuberculosis.",
-                    {"Lung Opacity": 1, **({"Lung Lesion": 1} if cavity else {})}),
-                   (f"{side.capitalize()} upper lobe fibronodular opacities, compatible with tuberculosis.", {"Lung Opacity": 1})]
-    elif k == "emphysema":
-        choices = [("The lungs are hyperinflated with flattened hemidiaphragms, consistent with emphysema.", {}),
-                   ("Hyperlucent, hyperexpanded lungs compatible with COPD.", {})]
-    elif k == "fibrosis":
-        choices = [("Coarse reticular opacities at the lung bases, compatible with pulmonary fibrosis.", {"Lung Opacity": 1})]
-    elif k == "ild":
-        choices = [("Diffuse reticular interstitial abnormality, compatible with interstitial lung disease.", {"Lung Opacity": 1})]
-    elif k == "pleural_thickening":
-        choices = [(f"{side.capitalize()} apical and lateral pleural thickening.", {"Pleural Other": 1})]
-    elif k == "calcification":
-        choices = [(f"Calcified granulomas in {where}.", {}), (f"Punctate calcifications project over {where}.", {})]
-    elif k == "other_lesion":
-        choices = [(f"Ill-defined density in {where}; a lesion is not excluded, recommend CT.", {"Lung Lesion": -1}),
-                   (f"Focal nodular density in {where}.", {"Lung Lesion": 1})]
-    elif k == "hernia":
-        choices = [("Retrocardiac air-fluid level consistent with a hiatal hernia.", {}), ("Moderate hiatal hernia.", {})]
-    elif k == "aortic_enlargement":
-        choices = [("The aortic knob is enlarged.", {}), ("The thoracic aorta is tortuous and dilated.", {})]
-    elif k == "enlarged_cardiomediastinum":
-        choices = [("The mediastinum is widened.", {"Enlarged Cardiomediastinum": 1}),
-                   ("The cardiomediastinal silhouette is enlarged.", {"Enlarged Cardiomediastinum": 1})]
-    elif k == "fracture":
-        choices = [(f"Healing fracture of a {side} lateral rib.", {"Fracture": 1}),
-                   (f"Old {side} rib fracture with callus formation.", {"Fracture": 1})]
-    elif k == "support_devices":
-        parts = []
-        if lesion.seed & 1 or not lesion.seed & 7:
-            parts.append(("Endotracheal tube terminates approximately 4 cm above the carina.", {"Support Devices": 1}))
-        if lesion.seed & 2:
-            parts.append(("Right internal jugular central venous catheter tip in the mid SVC.", {"Support Devices": 1}))
-        if lesion.seed & 4:
-            parts.append(("Left-sided pacemaker with its lead in the right ventricle.", {"Support Devices": 1}))
-        return " ".join(p[0] for p in parts), {"Support Devices": 1}
+    return _Wording(lesion.severity, SIDE.get(lesion.side, ""), where, zone, mm, lesion.side == "B", lesion.seed)
+
+
+# Each present finding: (its sentences, one drawn at random; the hedged sentence of a subtle one, or None).
+Wordings = tuple[list[Sentence], Sentence | None]
+
+
+def _cardiomegaly(w: _Wording) -> Wordings:
+    return ([(f"{_adj(w.sev).capitalize()} cardiomegaly.", {"Cardiomegaly": 1}),
+             (f"The heart is {_adj(w.sev)}ly enlarged.", {"Cardiomegaly": 1}),
+             ("The cardiac silhouette is enlarged.", {"Cardiomegaly": 1})],
+            ("The heart size is borderline enlarged.", {"Cardiomegaly": -1}))
+
+
+def _effusion(w: _Wording) -> Wordings:
+    side, size, plural = w.side, _size(w.sev), "s" if w.bilateral else ""
+    return ([(f"{size.capitalize()} {side} pleural effusion{plural}.", {"Pleural Effusion": 1}),
+             (f"There {'are' if plural else 'is'} a {size} {side} pleural effusion{plural}.", {"Pleural Effusion": 1}),
+             (f"Blunting of the {side} costophrenic angle{plural} consistent with {size} effusion{plural}.",
+              {"Pleural Effusion": 1})],
+            (f"Possible small {side} pleural effusion.", {"Pleural Effusion": -1}))
+
+
+def _pneumothorax(w: _Wording) -> Wordings:
+    return ([(f"{_size(w.sev).capitalize()} {w.side} apical pneumothorax.", {"Pneumothorax": 1}),
+             (f"There is a {_size(w.sev)} {w.side} pneumothorax.", {"Pneumothorax": 1}),
+             (f"A {w.side} pleural line is seen with absent lung markings peripherally, consistent with pneumothorax.",
+              {"Pneumothorax": 1})],
+            (f"A tiny {w.side} apical pneumothorax cannot be excluded.", {"Pneumothorax": -1}))
+
+
+def _consolidation(w: _Wording) -> Wordings:
+    return ([(f"Focal consolidation in {w.where}.", {"Consolidation": 1}),
+             (f"Dense opacity in {w.where}, consistent with consolidation.", {"Consolidation": 1, "Lung Opacity": 1}),
+             (f"{w.side.capitalize()} {w.zone} lobe consolidation.", {"Consolidation": 1})],
+            (f"Subtle opacity in {w.where} could reflect atelectasis, though early consolidation cannot be excluded.",
+             {"Atelectasis": -1, "Consolidation": -1, "Lung Opacity": 1}))
+
+
+def _pneumonia(w: _Wording) -> Wordings:
+    return ([(f"Patchy opacity in {w.where}, concerning for pneumonia.", {"Pneumonia": 1, "Lung Opacity": 1}),
+             (f"{w.side.capitalize()} {w.zone} lobe pneumonia.", {"Pneumonia": 1})],
+            (f"Ill-defined opacity in {w.where}; infection is possible.", {"Pneumonia": -1, "Lung Opacity": 1}))
+
+
+def _nodule(w: _Wording) -> Wordings:
+    return ([(f"A {w.mm} mm nodule projects over {w.where}.", {"Lung Lesion": 1}),
+             (f"{w.side.capitalize()} {w.zone} pulmonary nodule measuring {w.mm} mm.", {"Lung Lesion": 1})],
+            (f"Questionable nodular opacity in {w.where}.", {"Lung Lesion": -1}))
+
+
+def _mass(w: _Wording) -> Wordings:
+    return ([(f"{w.side.capitalize()} {w.zone} lung mass measuring {w.mm / 10:.1f} cm.", {"Lung Lesion": 1}),
+             (f"Large lobulated mass in {w.where}, concerning for malignancy.", {"Lung Lesion": 1})], None)
+
+
+def _atelectasis(w: _Wording) -> Wordings:
+    return ([(f"{w.side.capitalize()} basilar atelectasis.", {"Atelectasis": 1}),
+             (f"Plate-like atelectasis at the {w.side} lung base.", {"Atelectasis": 1}),
+             (f"Linear opacity at the {w.side} base with elevation of the {w.side} hemidiaphragm, likely atelectasis.",
+              {"Atelectasis": 1, "Lung Opacity": 1})], None)
+
+
+def _edema(w: _Wording) -> Wordings:
+    return ([(f"{_adj(w.sev).capitalize()} pulmonary edema.", {"Edema": 1}),
+             (f"Perihilar haziness and vascular congestion consistent with {_adj(w.sev)} pulmonary edema.", {"Edema": 1}),
+             ("Interstitial edema with Kerley B lines at the bases.", {"Edema": 1})],
+            ("Possible mild pulmonary vascular congestion.", {"Edema": -1}))
+
+
+def _tuberculosis(w: _Wording) -> Wordings:
+    cavity = w.seed % 2 == 1  # the renderer draws a cavity for odd seeds
+    return ([(f"Nodular opacities in {w.where}" + (" with cavitation" if cavity else "") + ", concerning for tuberculosis.",
+              {"Lung Opacity": 1, **({"Lung Lesion": 1} if cavity else {})}),
+             (f"{w.side.capitalize()} upper lobe fibronodular opacities, compatible with tuberculosis.", {"Lung Opacity": 1})],
+            None)
+
+
+def _sided(w: _Wording) -> dict[str, list[Sentence]]:
+    """The sentences of the findings that need no more than the side and the place (none hedged)."""
+    return {
+        "infiltration": [(f"Hazy ill-defined opacities in {w.where}.", {"Lung Opacity": 1}),
+                         (f"Patchy infiltrates in {w.where}.", {"Lung Opacity": 1})],
+        "pleural_thickening": [(f"{w.side.capitalize()} apical and lateral pleural thickening.", {"Pleural Other": 1})],
+        "calcification": [(f"Calcified granulomas in {w.where}.", {}), (f"Punctate calcifications project over {w.where}.", {})],
+        "other_lesion": [(f"Ill-defined density in {w.where}; a lesion is not excluded, recommend CT.", {"Lung Lesion": -1}),
+                         (f"Focal nodular density in {w.where}.", {"Lung Lesion": 1})],
+        "fracture": [(f"Healing fracture of a {w.side} lateral rib.", {"Fracture": 1}),
+                     (f"Old {w.side} rib fracture with callus formation.", {"Fracture": 1})],
+    }
+
+
+SIDED = ("infiltration", "pleural_thickening", "calcification", "other_lesion", "fracture")
+
+
+# The findings whose sentences are fixed text.
+FIXED: dict[str, list[Sentence]] = {
+    "emphysema": [("The lungs are hyperinflated with flattened hemidiaphragms, consistent with emphysema.", {}),
+                  ("Hyperlucent, hyperexpanded lungs compatible with COPD.", {})],
+    "fibrosis": [("Coarse reticular opacities at the lung bases, compatible with pulmonary fibrosis.", {"Lung Opacity": 1})],
+    "ild": [("Diffuse reticular interstitial abnormality, compatible with interstitial lung disease.", {"Lung Opacity": 1})],
+    "hernia": [("Retrocardiac air-fluid level consistent with a hiatal hernia.", {}), ("Moderate hiatal hernia.", {})],
+    "aortic_enlargement": [("The aortic knob is enlarged.", {}), ("The thoracic aorta is tortuous and dilated.", {})],
+    "enlarged_cardiomediastinum": [("The mediastinum is widened.", {"Enlarged Cardiomediastinum": 1}),
+                                   ("The cardiomediastinal silhouette is enlarged.", {"Enlarged Cardiomediastinum": 1})],
+}
+
+WORDINGS: dict[str, Callable[[_Wording], Wordings]] = {
+    "cardiomegaly": _cardiomegaly, "effusion": _effusion, "pneumothorax": _pneumothorax,
+    "consolidation": _consolidation, "pneumonia": _pneumonia, "nodule": _nodule, "mass": _mass,
+    "atelectasis": _atelectasis, "edema": _edema, "tuberculosis": _tuberculosis,
+}
+
+
+def _support_devices(seed: int) -> Sentence:
+    """The devices the lesion's seed bits choose, in one sentence group."""
+    parts = []
+    if seed & 1 or not seed & 7:
+        parts.append("Endotracheal tube terminates approximately 4 cm above the carina.")
+    if seed & 2:
+        parts.append("Right internal jugular central venous catheter tip in the mid SVC.")
+    if seed & 4:
+        parts.append("Left-sided pacemaker with its lead in the right ventricle.")
+    return " ".join(parts), {"Support Devices": 1}
+
+
+def _positive(patient: Patient, lesion: Lesion, rng: np.random.Generator) -> Sentence | None:
+    """One sentence stating a present finding, or None for findings reports do not mention."""
+    wording = _wording(patient, lesion)
+    uncertain = lesion.severity < 0.5 and rng.random() < 0.45  # subtle findings are often hedged
+    kind = lesion.kind
+    if kind == "support_devices":
+        return _support_devices(lesion.seed)
+    if kind in WORDINGS:
+        choices, hedged = WORDINGS[kind](wording)
+    elif kind in SIDED:
+        choices, hedged = _sided(wording)[kind], None
+    elif kind in FIXED:
+        choices, hedged = FIXED[kind], None
     else:
         return None
+    if uncertain and hedged is not None:
+        return hedged
     return choices[int(rng.integers(len(choices)))]
 
 
