@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     mimic.add_argument("--sections", nargs="+", default=["findings", "impression"],
                        help="report sections used as text, in order (default findings impression)")
 
-    nih = sub.add_parser("nih", help="NIH ChestX-ray14: train/val/test lists from Data_Entry_2017.csv")
+    nih = sub.add_parser("nih", help="NIH ChestX-ray14: train/val/test lists from Data_Entry_2017_v2020.csv (or Data_Entry_2017.csv)")
     _common(nih, images=True, split=True)
     nih.add_argument("--short-side", type=int, default=NIH_SHORT_SIDE,
                      help="copy the images at this shorter side into --images-out, 4x faster to decode than the "
