@@ -90,7 +90,7 @@ def test_overrides_are_parsed_by_the_type_of_the_default():
         (["MODEL.TEXTUAL.NAME", "lstm"], "transformer_postnorm"),
         (["DATA.PAD_INDEX", "2"], "distinct"),
         (["AMP.DTYPE", "fp8"], "AMP.DTYPE"),
-        (["OPTIM.OPTIMIZER_NAME", "adam"], "sgd or adamw"),
+        (["OPTIM.OPTIMIZER_NAME", "adam"], r"OPTIM.OPTIMIZER_NAME must be 'sgd' or 'adamw', got 'adam' \(did you mean 'adamw'\?\)"),
         (["MODEL.VISUAL.CONTRAST_POOLING", "max"], "CONTRAST_POOLING"),
         (["MODEL.TEXTUAL.CONTRAST_POOLING", "cls"], "'pooler' or 'mean'"),
     ],

@@ -103,10 +103,10 @@ def test_grid_size_and_precedence(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"bogus": 1}, "unknown key(s) bogus"),
+    ({"bogus": 1}, "unknown key 'bogus'; allowed: arms, datasets, entry"),
     ({"datasets": {"Nowhere": {}}}, "unknown dataset 'Nowhere'"),
     ({"datasets": {"nih": {}}}, "write 'nih' as 'NIH_ChestX-ray'"),
-    ({"datasets": {"NIH_ChestX-ray": {"fraction": [1]}}}, "unknown key(s) fraction"),
+    ({"datasets": {"NIH_ChestX-ray": {"fraction": [1]}}}, "datasets.NIH_ChestX-ray: unknown key 'fraction' (did you mean 'fractions'?)"),
     ({"entry": "other"}, "entry must be"),
     ({"datasets": {}}, "the grid is empty"),
     ({"search": [0.1, 0.3]}, "a search list must hold mappings"),

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from refers.engine import train_state as ts
+from refers.engine.checkpoint_retention import prune_checkpoints
 from refers.engine.distributed import DistInfo, barrier
 from refers.engine.optim import OptimSettings, build_optimizer, build_scheduler
 from refers.engine.pretrain_eval import evaluate, to_device
@@ -225,6 +226,9 @@ class PretrainRun:
             )
             path = ts.save_state(state, self.folder)
             log.info("saved %s", path)
+            # Only now that the new file is complete; never the checkpoint this run resumed from.
+            prune_checkpoints(self.folder, self.cfg.CHECKPOINT.KEEP_LAST, self.cfg.CHECKPOINT.KEEP_EVERY,
+                              saved=path, protect=[self.options.resume_from])
         barrier(self.info)
         return path
 

@@ -114,11 +114,7 @@ def train(args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()) ->
     Args:
         argv: the command line, recorded in ``<log_dir>/command.txt``.
     """
-    setup = resolve_data(args)
-    args.img_size = args.img_size or 224
-    for key in ("list_dir", "data_root"):  # recorded absolute, so that test.py finds them from anywhere
-        if getattr(args, key):
-            setattr(args, key, str(Path(getattr(args, key)).resolve()))
+    setup = resolve_data(args)  # args: frozen; img_size and the absolute folders are filled in by finetune.config.resolve
     train_file = fraction_file(setup.list_dir, "train", args.data_volume, args.data_seed)
     val_file = fraction_file(setup.list_dir, "val", args.val_volume, args.data_seed)
     train_set, _ = build_dataset(setup, train_file, args.img_size, True, args.skip_bad_images, args.packed_cache,
