@@ -351,3 +351,34 @@ def test_shenzhen_and_covid_original_on_the_real_published_lists(tmp_path, capsy
     for split in SPLITS:  # CRLF as published
         assert _sha(tmp_path / "cv" / f"{split}.txt") == _sha(covid / f"{split}.txt")
     assert "published labels differ" not in capsys.readouterr().out
+
+
+@pytest.mark.slow  # 33,652 lines and images (about 10 s)
+def test_nih_original_on_the_real_published_lists(tmp_path, capsys):
+    """The original's 33,652 val/test lines, written line for line from a 2020-format metadata of their images."""
+    published = require_shared("original-DataProcessed/NIH_ChestX-ray")
+    root = tmp_path / "NIH_ChestX-ray"
+    first = grey_png(root / "first.png", size=(8, 8))
+    rows = []
+    for split in ("test", "val"):
+        for line in (published / f"{split}.txt").read_text().splitlines():
+            path, *labels = line.split()
+            folder, name = path.split("/")
+            (root / folder / "images").mkdir(parents=True, exist_ok=True)
+            os.link(first, root / folder / "images" / name)
+            rows.append((name, "|".join(c for c, v in zip(NIH_CLASSES, labels) if v == "1") or "No Finding"))
+    extra = [(f"{99990000 + k:08d}_000.png", "Hernia") for k in range(3)]  # train: patients in no published list
+    for name, _ in extra:
+        os.link(first, root / "images_001" / "images" / name)
+    first.unlink()
+    flipped = rows[5][0]  # the 2020 revision relabelled one published image
+    csv_path = nih_metadata(root, sorted(rows + extra, key=lambda row: row[0])[::-1], "2020")  # not the lists' order
+    text = csv_path.read_text().replace(f"{flipped},{dict(rows)[flipped]},", f"{flipped},Hernia|Mass,")
+    csv_path.write_text(text)
+    out = tmp_path / "lists"
+    assert main(["nih", "--root", str(root), "--out", str(out), "--split", "original", "--lists", str(published),
+                 "--short-side", "0"]) == 0
+    for split in ("val", "test"):
+        assert _sha(out / f"{split}.txt") == _sha(published / f"{split}.txt")
+    assert f"1 published labels differ from {csv_path}; kept the published ones" in capsys.readouterr().out
+    assert (out / "train.txt").read_text().splitlines() == [_nih_line(f"images_001/{n}", f) for n, f in extra[::-1]]

@@ -3,8 +3,8 @@
 From ``metadata.csv`` (either revision: a flat ``finding`` such as ``COVID-19`` or ``COVID-19, ARDS``,
 or the later hierarchical one such as ``Pneumonia/Viral/COVID-19``): X-ray rows only (``modality``
 ``X-ray``; CT rows are left out), all views like the original's lists (``--views frontal`` keeps PA/AP
-variants only). Task "COVID vs others": a line is ``filename 0 1`` when ``finding`` names COVID-19 (e.g. ``Pneumonia/Viral/COVID-19``), else
-``filename 1 0``; the target is the second column. The image root is ``images/``. Splits are
+variants only). Task "COVID vs others": a line is ``filename 0 1`` when ``finding`` names COVID-19
+(e.g. ``Pneumonia/Viral/COVID-19``), else ``filename 1 0``; the target is the second column. The image root is ``images/``. Splits are
 patient-disjoint (``patientid``), stratified by whether a patient has COVID-19 (~0.7 / 0.1 / 0.2 like
 the original's 664 / 93 / 172), or, with ``--split original --lists DIR``, the published lists kept
 line for line (see :func:`refers.prepare.splits.keep_published_lists`).

@@ -233,7 +233,7 @@ def _write_original(entries: _Entries, labels: np.ndarray, paths: list[str], ass
 
     def path_of(published: str, i: int) -> str:
         # The published path when it finds the image (the download's images_XXX/ or a flat images/ folder).
-        if locate_image(image_root, published) is not None:
+        if published == paths[i] or locate_image(image_root, published) is not None:
             return published
         rewritten.append(published)
         return paths[i]
