@@ -20,13 +20,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / declared.PACKAGE
 # Imports that other parts of issue 13 remove; each names its point. The test fails when one is no
 # longer needed, so that this list only shrinks.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # Issue 13 point 4 ("one image-root resolver", engineer readers): the resolver moves from
-    # prepare/ into data/, and these readers stop importing prepare.
-    ("refers.data.packed_cache", "refers.prepare.common"): "issue 13.4 image-root resolver",
-    ("refers.data.packed_cache", "refers.prepare.layout"): "issue 13.4 image-root resolver",
-    ("refers.data.pretrain_dataset", "refers.prepare.common"): "issue 13.4 image-root resolver",
-    ("refers.finetune.data", "refers.prepare.common"): "issue 13.4 image-root resolver",
-    ("refers.finetune.data", "refers.prepare.layout"): "issue 13.4 image-root resolver",
+    # (none left: the image-root resolver of issue 13 point 4 moved into data/, and its readers stopped importing prepare)
 }
 
 
