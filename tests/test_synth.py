@@ -130,16 +130,17 @@ def test_mimic_chexpert_labels_follow_the_report_text(root):
 
 
 def test_mimic_reports_and_their_labels_keep_their_bytes(root):
-    # The digest of the reports and CheXpert table that `refers synth --studies 40 --seed 3` wrote
-    # before the report writer was split into one wording per finding: same seed, same bytes.
+    # The digest of the reports and CheXpert table that `refers synth --studies 60 --image-size 64` (the
+    # shared fixture's) wrote before the report writer was split into one wording per finding (main at
+    # 54c86d0): same seed, same bytes.
     mimic = root / "MIMIC-CXR"
     reports = sorted(p for p in mimic.rglob("s*.txt") if p.parent.name.startswith("p"))
     digest = hashlib.sha256()
     for path in reports:
         digest.update(path.relative_to(mimic).as_posix().encode() + b"\0" + path.read_bytes())
     digest.update(gzip.decompress((mimic / "mimic-cxr-2.0.0-chexpert.csv.gz").read_bytes()))
-    assert len(reports) == 40
-    assert digest.hexdigest() == "7cba5cc192403279ecfb2719241364816b2a395d1a88e98dbf24ef9dd706f483"
+    assert len(reports) == 60
+    assert digest.hexdigest() == "152c464c8b4effe7b5c8f29ff5678709d3608d58f8d081d58ba8328243132050"
 
 
 def test_nih_layout_header_and_official_split(root):
