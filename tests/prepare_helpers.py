@@ -149,3 +149,46 @@ def make_covid(root: Path, rows: list[tuple[str, str, str, str, str]]) -> Path:
             if modality == "X-ray":
                 grey_png(root / "images" / name)
     return root
+
+
+# --------------------------------------------------------------------------- real metadata revisions
+
+# NIH's 2020 revision: ``Patient Sex`` for ``Patient Gender``, no trailing comma, LF line ends.
+NIH_2020_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,"
+                   "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+NIH_REVISIONS = {"2017": "Data_Entry_2017.csv", "2020": "Data_Entry_2017_v2020.csv"}
+
+
+def nih_metadata(root: Path, rows: list[tuple[str, str]], revision: str = "2017", gz: bool = False) -> Path:
+    """The data entry file of one NIH revision: ``rows`` (image name, finding labels), in that order.
+
+    ``2017``: ``Data_Entry_2017.csv``, CRLF line ends and the header's trailing comma (as NIH ships
+    it); ``2020``: ``Data_Entry_2017_v2020.csv``, LF. ``gz`` writes ``<name>.gz``.
+    """
+    header, newline = (NIH_HEADER, "\r\n") if revision == "2017" else (NIH_2020_HEADER, "\n")
+    lines = [header, *(f"{name},{findings},0,{int(name.split('_')[0])},50,M,PA,24,20,0.143,0.143" for name, findings in rows)]
+    data = "".join(line + newline for line in lines).encode()
+    path = root / (NIH_REVISIONS[revision] + (".gz" if gz else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def vindr_labels(root: Path, rows: list[tuple[str, str, list[str]]]) -> Path:
+    """VinDr-CXR's ``annotations/image_labels_train.csv``: ``rows`` (image_id, rad_id, findings marked).
+
+    One 0/1 column per finding, VinDr-CXR's 28 in its order (22 local, 6 global, ``No finding`` last).
+    """
+    columns = ["Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture", "Consolidation",
+               "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity", "Lung cavity", "Lung cyst",
+               "Mediastinal shift", "Nodule/Mass", "Pleural effusion", "Pleural thickening", "Pneumothorax",
+               "Pulmonary fibrosis", "Rib fracture", "Other lesion", "COPD", "Lung tumor", "Pneumonia", "Tuberculosis",
+               "Other diseases", "No finding"]
+    path = root / "annotations" / "image_labels_train.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_id", "rad_id", *columns])
+        for image, rad, marked in rows:
+            writer.writerow([image, rad, *(int(c in marked or (c == "No finding" and not marked)) for c in columns)])
+    return path

@@ -72,7 +72,7 @@ def test_nih_official_and_original_splits(nih_root, tmp_path):
     # Train is every other image, less the other images of the val/test patients (2 each).
     assert len(original["train"]) == len(_nih_rows()) - 2 - 4
     _assert_patient_disjoint(original)
-    assert main(["nih", "--root", str(nih_root), "--out", str(tmp_path / "x"), "--split", "original"]) == 1
+    assert main(["nih", "--root", str(nih_root), "--out", str(tmp_path / "x"), "--split", "original"]) == 2  # a bad flag combination (issue 14: exit 2)
 
 
 def test_nih_bad_inputs(nih_root, tmp_path, capsys):

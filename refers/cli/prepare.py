@@ -1,10 +1,13 @@
 """``refers prepare``: build the lists, labels and prepared images every later step reads.
 
   refers prepare mimic     [--root Data/MIMIC-CXR] [--out DataProcessed/MIMIC] [--short-side 320] ...
-  refers prepare nih       --split original --lists DIR | official | patient
+  refers prepare nih       --split original --lists DIR | official | patient  [--metadata FILE]
   refers prepare shenzhen  [--split patient | original --lists DIR]
   refers prepare covid     [--views all|frontal] [--split patient | original --lists DIR]
-  refers prepare vinbig    [--scale 0.25 | --max-size N] [--label-rule union|majority]
+  refers prepare vinbig    [--scale 0.25 | --max-size N] [--label-rule union|majority] [--split patient | original --lists DIR]
+
+--split original writes the published lists line for line; where the metadata's labels differ, the
+published ones are kept (--labels metadata takes the metadata's) and label_differences.tsv says where.
   refers prepare fractions --dataset D --percent 1 10 --seeds 0 1 2 [--val-percent 10]
   refers prepare pack      --dataset D [--size 256] [--out DIR]      (optional memory-mapped image cache)
   refers prepare check     --dataset D [--lists DIR] [--images DIR]
@@ -45,6 +48,12 @@ def _common(parser: argparse.ArgumentParser, images: bool = False, split: bool =
                             help="split shares (default 0.7 0.1 0.2)")
 
 
+def _labels_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", choices=("published", "metadata"), default="published",
+                        help="with --split original, where a published line's labels differ from the metadata's: keep the "
+                             "published ones (default; they define the benchmark) or take the metadata's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True, metavar="{mimic,nih,shenzhen,covid,vinbig,fractions,pack,check}")
@@ -56,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     mimic.add_argument("--sections", nargs="+", default=["findings", "impression"],
                        help="report sections used as text, in order (default findings impression)")
 
-    nih = sub.add_parser("nih", help="NIH ChestX-ray14: train/val/test lists from Data_Entry_2017.csv")
+    nih = sub.add_parser("nih", help="NIH ChestX-ray14: train/val/test lists from Data_Entry_2017_v2020.csv (or Data_Entry_2017.csv)")
     _common(nih, images=True, split=True)
     nih.add_argument("--short-side", type=int, default=NIH_SHORT_SIDE,
                      help="copy the images at this shorter side into --images-out, 4x faster to decode than the "
@@ -65,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="original: the published val/test lists (--lists) and every other image as train; "
                           "official: test_list.txt + validation by patient; patient: seeded patient split (default)")
     nih.add_argument("--lists", type=Path, help="folder with the original's val.txt and test.txt (for --split original)")
+    nih.add_argument("--metadata", type=Path,
+                     help="the metadata file to read (default: Data_Entry_2017_v2020.csv, else Data_Entry_2017.csv, "
+                          "plain or .gz, in --root)")
+    _labels_flag(nih)
 
     for name, text in (("shenzhen", "Shenzhen TB: lists from the file names"), ("covid", "COVID-19 collection: COVID vs others, X-ray only")):
         parser_ = sub.add_parser(name, help=text)
@@ -72,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("--split", choices=("patient", "original"), default="patient",
                              help="patient: seeded, stratified (default); original: the splits of the lists in --lists")
         parser_.add_argument("--lists", type=Path, help="folder with train.txt, val.txt (or valid.txt), test.txt")
+        _labels_flag(parser_)
         if name == "covid":
             parser_.add_argument("--views", choices=("all", "frontal"), default="all",
                                  help="all views like the original's lists (default), or PA/AP only")
@@ -83,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--max-size", type=int, help="longer side in pixels instead of --scale")
     vinbig.add_argument("--label-rule", choices=("union", "majority"), default="union",
                         help="union: positive if any radiologist boxed the class (default); majority: more than half")
+    vinbig.add_argument("--split", choices=("patient", "original"), default="patient",
+                        help="patient: seeded (each image its own group; default); original: the published lists in --lists, "
+                             "line for line (only their images are converted)")
+    vinbig.add_argument("--lists", type=Path, help="folder with the original's train.txt, val.txt, test.txt (for --split original)")
+    _labels_flag(vinbig)
 
     fractions = sub.add_parser("fractions", help="label-efficient subsets train_<pct>_seed<k>.txt of train.txt")
     fractions.add_argument("--dataset", required=True, help="nih, vinbig, shenzhen, covid (or a folder name)")
@@ -143,6 +162,10 @@ def _validate(args: argparse.Namespace) -> None:
     if args.action == "fractions":
         if not all(0 < p <= 100 for p in [*args.percent, *args.val_percent]) or any(k < 0 for k in args.seeds):
             raise UserError("--percent / --val-percent must be in (0, 100] and --seeds non-negative", exit_code=2)
+    if getattr(args, "split", None) == "original" and args.lists is None:
+        raise UserError("--split original needs --lists DIR (the original's published lists)", exit_code=2)
+    if getattr(args, "labels", "published") != "published" and getattr(args, "split", None) != "original":
+        raise UserError("--labels metadata is for --split original (the other splits always take the metadata's labels)", exit_code=2)
     if args.action == "vinbig" and ((args.max_size is not None and args.max_size < 8) or not 0 < args.scale <= 1):
         raise UserError("--scale must be in (0, 1] and --max-size at least 8", exit_code=2)
 
@@ -157,10 +180,10 @@ def _dataset_options(args: argparse.Namespace) -> dict:
         options.update(reports=args.reports, short_side=args.short_side, sections=[s.lower() for s in args.sections])
     else:
         options.update(ratios=args.ratios, seed=args.seed)
-    if action in ("nih", "shenzhen", "covid"):
-        options.update(split=args.split, lists=args.lists)
+    if action in ("nih", "shenzhen", "covid", "vinbig"):
+        options.update(split=args.split, lists=args.lists, labels_from=args.labels)
     if action == "nih":
-        options["short_side"] = args.short_side
+        options.update(short_side=args.short_side, metadata=args.metadata)
     elif action == "covid":
         options["views"] = args.views
     elif action == "vinbig":

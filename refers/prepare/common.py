@@ -130,6 +130,15 @@ def made_by(command: str, sources: Iterable[Path], seed: int | None, synthetic: 
     return record
 
 
+def metadata_record(path: Path) -> dict[str, str]:
+    """The ``metadata:`` entry of ``dataset.yaml``: which metadata / label file a preparation read, and its sha256.
+
+    Several revisions of a dataset's metadata are in circulation (NIH's 2017 and 2020 files); this
+    says which one the labels came from.
+    """
+    return {"file": str(path), "name": path.name, "sha256": sha256_file(path)}
+
+
 def file_record(path: Path, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """One ``files:`` entry of ``dataset.yaml``: checksum and line count of a written file."""
     entry: dict[str, Any] = {"sha256": sha256_file(path)}

@@ -1,11 +1,13 @@
 """``refers prepare covid``: the COVID-19 Image Data Collection -> ``train.txt`` / ``val.txt`` / ``test.txt``.
 
-From ``metadata.csv``: X-ray rows only (``modality`` ``X-ray``; CT rows are left out), all views like
-the original's lists (``--views frontal`` keeps PA/AP variants only). Task "COVID vs others": a line
-is ``filename 0 1`` when ``finding`` names COVID-19 (e.g. ``Pneumonia/Viral/COVID-19``), else
-``filename 1 0``; the target is the second column. The image root is ``images/``. Splits are
+From ``metadata.csv`` (either revision: a flat ``finding`` such as ``COVID-19`` or ``COVID-19, ARDS``,
+or the later hierarchical one such as ``Pneumonia/Viral/COVID-19``): X-ray rows only (``modality``
+``X-ray``; CT rows are left out), all views like the original's lists (``--views frontal`` keeps PA/AP
+variants only). Task "COVID vs others": a line is ``filename 0 1`` when ``finding`` names COVID-19
+(e.g. ``Pneumonia/Viral/COVID-19``), else ``filename 1 0``; the target is the second column. The image root is ``images/``. Splits are
 patient-disjoint (``patientid``), stratified by whether a patient has COVID-19 (~0.7 / 0.1 / 0.2 like
-the original's 664 / 93 / 172), or taken from existing lists with ``--split original --lists DIR``.
+the original's 664 / 93 / 172), or, with ``--split original --lists DIR``, the published lists kept
+line for line (see :func:`refers.prepare.splits.keep_published_lists`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
-from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv, write_dataset_yaml
+from refers.prepare.common import (PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, metadata_record,
+                                   portable_path, read_csv, write_dataset_yaml)
 from refers.base.synthetic import stamp_synthetic, synthetic_marker
-from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, write_split_lists
+from refers.prepare.splits import SPLITS, group_split, keep_published_lists, write_split_lists
 
 METADATA = "metadata.csv"
 IMAGES = "images"
@@ -29,6 +32,7 @@ def is_frontal(view: str) -> bool:
 
 
 def is_covid(finding: str) -> bool:
+    """``COVID-19``, ``COVID-19, ARDS`` (flat revision) or ``Pneumonia/Viral/COVID-19`` (hierarchical)."""
     return "covid-19" in finding.lower()
 
 
@@ -37,6 +41,7 @@ def prepare_covid(
     out: Path,
     split: str = "patient",
     lists: Path | None = None,
+    labels_from: str = "published",
     views: str = "all",
     ratios: Sequence[float] = (0.7, 0.1, 0.2),
     seed: int = 0,
@@ -53,7 +58,7 @@ def prepare_covid(
     rows = read_csv(csv_path, ("patientid", "finding", "view", "modality", "filename"))
 
     names, positive, patients, first_line = [], [], [], {}
-    missing = []
+    missing, present = [], []
     for line, row in rows:
         if row["modality"].strip().lower() != "x-ray":
             summary.add("non-X-ray rows left out")
@@ -65,9 +70,9 @@ def prepare_covid(
         if name in first_line:
             raise PrepareError(f"{csv_path}:{line}: image {name} listed twice (first on line {first_line[name]})")
         first_line[name] = line
-        if not (image_root / name).is_file():
+        present.append((image_root / name).is_file())
+        if not present[-1]:
             missing.append((line, name))
-            continue
         names.append(name)
         positive.append(int(is_covid(row["finding"])))
         patients.append(row["patientid"])
@@ -77,6 +82,9 @@ def prepare_covid(
             raise PrepareError(f"{len(missing)} image(s) of {csv_path.name} not in {image_root}, first: {name} "
                                f"({csv_path}:{line}); pass --skip-bad-images to leave them out")
         summary.note(f"left out {len(missing)} images not on disk (--skip-bad-images)")
+    on_disk = np.asarray(present, dtype=bool)
+    if split != "original":  # the published lists may name a missing image: they leave it out themselves
+        names, positive, patients = ([v for v, keep in zip(values, on_disk) if keep] for values in (names, positive, patients))
     covid = np.asarray(positive, dtype=np.int64)
     labels = np.stack([1 - covid, covid], axis=1).astype(np.float32) if names else np.zeros((0, 2), np.float32)
 
@@ -88,17 +96,23 @@ def prepare_covid(
     elif split == "original":
         if lists is None:
             raise PrepareError("--split original needs --lists DIR (train.txt, val.txt, test.txt)")
-        assignment, list_files = assignment_from_lists(lists, names, 2)
+        assignment, written, list_files, counts = keep_published_lists(
+            out, lists, SPLITS, names, labels, ("others", "COVID-19"), str(csv_path), summary, take=labels_from, keep=on_disk)
         sources += list_files
-        if (assignment < 0).any():
-            summary.note(f"{int((assignment < 0).sum())} images are in none of the lists in {lists}")
+        unlisted = int(((assignment < 0) & on_disk).sum())
+        if unlisted:
+            summary.note(f"{unlisted} images are in none of the lists in {lists}")
+        for k, name in enumerate(SPLITS):
+            chosen = np.flatnonzero(assignment == k)
+            counts[name].update({"covid": int(covid[chosen].sum()), "patients": len({patients[i] for i in chosen})})
     else:
         raise PrepareError(f"unknown --split {split!r} for covid (original or patient)")
 
-    written, counts = write_split_lists(
-        out, names, labels, assignment, summary,
-        describe=lambda chosen: {"covid": int(covid[chosen].sum()), "patients": len({patients[i] for i in chosen})},
-    )
+    if split != "original":
+        written, counts = write_split_lists(
+            out, names, labels, assignment, summary,
+            describe=lambda chosen: {"covid": int(covid[chosen].sum()), "patients": len({patients[i] for i in chosen})},
+        )
 
     marker = synthetic_marker(root)
     stamp_synthetic(out, marker)
@@ -111,9 +125,11 @@ def prepare_covid(
         "label_columns": 2,
         "label_style": "int",
         "views": views,
+        "metadata": metadata_record(csv_path),
         "split": split,
         "splits": counts,
         "made_by": made_by(command, sources, seed if split == "patient" else None, marker is not None, split=split,
-                           views=views, ratios=[float(r) for r in ratios] if split == "patient" else None),
+                           views=views, ratios=[float(r) for r in ratios] if split == "patient" else None,
+                           labels=labels_from if split == "original" else None),
     }, written)
     return summary

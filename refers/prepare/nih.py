@@ -1,4 +1,9 @@
-"""``refers prepare nih``: ``Data_Entry_2017.csv`` -> ``train.txt`` / ``val.txt`` / ``test.txt``.
+"""``refers prepare nih``: ``Data_Entry_2017_v2020.csv`` (or ``Data_Entry_2017.csv``) -> ``train.txt`` / ``val.txt`` / ``test.txt``.
+
+Metadata: NIH's current download names it ``Data_Entry_2017_v2020.csv`` (labels revised for 181
+images); the 2017 file ``Data_Entry_2017.csv`` (CRLF, a trailing comma in the header) is read too,
+plain or gzipped. When both are there the 2020 revision is used, and the summary says so;
+``--metadata FILE`` chooses. ``dataset.yaml`` records the file read and its sha256.
 
 Lines in the original format: ``images_XXX/NAME.png`` (the archive folder the image is in; the
 loader also finds it under ``images_XXX/images/``) followed by the 14 labels in the original class
@@ -7,8 +12,10 @@ order (:data:`~refers.data.registry.NIH_CLASSES`) as ``0``/``1``. The image root
 Splits (never the same patient in two):
 
 * ``original`` (with ``--lists DIR``): validation and test are the original's published ``val.txt`` /
-  ``test.txt``; train is every other image (78,468 on the real data), less any image whose patient
-  is in validation or test. This reproduces the paper's split.
+  ``test.txt``, written line for line (order, text, labels; see
+  :func:`refers.prepare.splits.keep_published_lists`); train is every other image in metadata order
+  (78,468 on the real data), less any image whose patient is in validation or test. This reproduces
+  the paper's split and its test labels.
 * ``official``: test = the official ``test_list.txt``; validation carved from ``train_val_list.txt``
   by patient (share ``val / (train + val)`` of ``--ratios``).
 * ``patient``: seeded patient-disjoint split by ``--ratios`` (default 0.7 / 0.1 / 0.2, like the original's).
@@ -24,13 +31,17 @@ from typing import Sequence
 import numpy as np
 
 from refers.data.registry import NIH_CLASSES
-from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv, write_dataset_yaml
+from refers.data.lists import write_list
+from refers.prepare.common import (PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, metadata_record,
+                                   portable_path, read_csv, write_dataset_yaml)
 from refers.base.synthetic import stamp_synthetic, synthetic_marker
 from refers.prepare.layout import locate_image
 from refers.prepare.resize import ResizeSpec, prepare_images, source_size
-from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, overlaps, write_split_lists
+from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, keep_published_lists, overlaps, write_split_lists
 
 DATA_ENTRY = "Data_Entry_2017.csv"
+# Newest first: the first present is read by default.
+DATA_ENTRIES = ("Data_Entry_2017_v2020.csv", DATA_ENTRY)
 NO_FINDING = "No Finding"
 
 
@@ -74,9 +85,35 @@ def _shorter_side(path: Path) -> int:
         return 0
 
 
+def find_metadata(root: Path, chosen: Path | None, summary: Summary) -> Path:
+    """``--metadata`` (as given, or under ``root``), else the newest revision in ``root`` (plain or ``.gz``).
+
+    Raises:
+        FileNotFoundError: the chosen file, or every revision, is missing.
+    """
+    if chosen is not None:
+        for candidate in (Path(chosen), root / chosen):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"--metadata {chosen} not found")
+    found = []
+    for name in DATA_ENTRIES:
+        try:
+            found.append(find_source(root, name))
+        except FileNotFoundError:
+            pass
+    if not found:
+        raise FileNotFoundError(f"{' or '.join(str(root / n) for n in DATA_ENTRIES)} not found (plain or .gz; "
+                                "is --root the dataset's download folder? --metadata names another file)")
+    if len(found) > 1:
+        summary.note(f"found {' and '.join(p.name for p in found)}: read {found[0].name}, the current revision "
+                     "(--metadata chooses)")
+    return found[0]
+
+
 @dataclass
 class _Entries:
-    """The rows of ``Data_Entry_2017.csv``: one image each, in the file's order."""
+    """The rows of the data entry file: one image each, in the file's order."""
 
     csv_path: Path
     names: list[str]
@@ -187,6 +224,30 @@ def _copy_smaller(entries: _Entries, assignment: np.ndarray, on_disk: dict[str, 
     return root
 
 
+def _write_original(entries: _Entries, labels: np.ndarray, paths: list[str], assignment: np.ndarray, lists: Path,
+                    image_root: Path, labels_from: str, out: Path, summary: Summary) -> tuple[list[Path], dict[str, dict]]:
+    """val/test as published (line for line), train = every other listed image in metadata order."""
+    train = np.flatnonzero(assignment == 0)
+    summary.add("train", len(train))
+    rewritten = []
+
+    def path_of(published: str, i: int) -> str:
+        # The published path when it finds the image (the download's images_XXX/ or a flat images/ folder).
+        if published == paths[i] or locate_image(image_root, published) is not None:
+            return published
+        rewritten.append(published)
+        return paths[i]
+
+    kept, written, _, counts = keep_published_lists(
+        out, lists, ("val", "test"), entries.names, labels, NIH_CLASSES, str(entries.csv_path), summary,
+        take=labels_from, keep=assignment > 0, path_of=path_of)
+    if rewritten:
+        summary.note(f"{len(rewritten)} published paths name another folder than the download's (e.g. {rewritten[0]}): "
+                     "wrote the download's")
+    written.insert(0, write_list(out / "train.txt", [paths[i] for i in train], labels[train]))
+    return written, {"train": {"images": int(len(train))}, **counts}
+
+
 def prepare_nih(
     root: Path,
     out: Path,
@@ -200,6 +261,8 @@ def prepare_nih(
     images_out: Path | None = None,
     short_side: int | None = None,
     workers: int = 1,
+    metadata: Path | None = None,
+    labels_from: str = "published",
 ) -> Summary:
     """Write the NIH ChestX-ray14 lists (see the module docstring).
 
@@ -207,12 +270,14 @@ def prepare_nih(
     at that shorter side (PNG, bilinear, never upscaled) and the lists' image root is that copy:
     decoding a 1024x1024 PNG is most of the cost of loading it, and 512 px still holds every crop
     the 224 px training transform takes at scale >= 0.19 at full detail. Skipped when the images
-    are no larger than that already.
+    are no larger than that already. ``metadata`` names the data entry file (default: see
+    :func:`find_metadata`); ``labels_from`` (``published`` or ``metadata``) says whose labels the
+    published val/test lines take where they differ (``--split original``).
     """
     ensure_separate(out, root, "--out")
     ensure_new(out, [f"{s}.txt" for s in SPLITS], force)
     summary = Summary(f"nih -> {out}")
-    csv_path = find_source(root, DATA_ENTRY)
+    csv_path = find_metadata(root, metadata, summary)
     sources = [csv_path]
     entries = _read_entries(csv_path)
     on_disk = find_images(root)
@@ -226,7 +291,10 @@ def prepare_nih(
     label_matrix = np.stack(labels) if labels else np.zeros((0, len(NIH_CLASSES)), dtype=np.float32)
     # Listed images are all on disk (checked above); the path includes their images_XXX folder.
     paths = [on_disk.get(name, name) for name in entries.names]
-    written, counts = write_split_lists(out, paths, label_matrix, assignment, summary)
+    if split == "original":
+        written, counts = _write_original(entries, label_matrix, paths, assignment, lists, image_root, labels_from, out, summary)
+    else:
+        written, counts = write_split_lists(out, paths, label_matrix, assignment, summary)
     for name in SPLITS:
         counts[name]["patients"] = len(by_split[name])
 
@@ -240,9 +308,11 @@ def prepare_nih(
         "classes": list(NIH_CLASSES),
         "label_columns": len(NIH_CLASSES),
         "label_style": "int",
+        "metadata": metadata_record(csv_path),
         "split": split,
         "splits": counts,
         "made_by": made_by(command, sources, seed if split != "original" else None, marker is not None,
-                           split=split, ratios=[float(r) for r in ratios] if split != "original" else None),
+                           split=split, ratios=[float(r) for r in ratios] if split != "original" else None,
+                           labels=labels_from if split == "original" else None),
     }, written)
     return summary

@@ -4,7 +4,8 @@ The label is in the file name: ``CHNCXR_0001_0.png`` is normal (line ``CHNCXR_00
 ``CHNCXR_0327_1.png`` tuberculosis (``... 0 1``); the target is the second column. The image root is
 the folder holding the PNGs (``ChinaSet_AllFiles/CXR_png/``, or Kaggle's ``images/images/``). Each
 image is one patient; the ``patient`` split is stratified by label (~0.7 / 0.1 / 0.2 like the
-original's 463 / 67 / 132), ``original`` takes the splits of existing lists (``--lists DIR``).
+original's 463 / 67 / 132); ``original`` keeps the published lists of ``--lists DIR`` line for line
+(see :func:`refers.prepare.splits.keep_published_lists`; the "metadata" is the file names).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, made_by, portable_path, write_dataset_yaml
 from refers.base.synthetic import stamp_synthetic, synthetic_marker
 from refers.prepare.layout import PREPARED
-from refers.prepare.splits import SPLITS, assignment_from_lists, group_split, write_split_lists
+from refers.prepare.splits import SPLITS, group_split, keep_published_lists, write_split_lists
 
 NAME = re.compile(r"^CHNCXR_(\d+)_([01])\.png$", re.IGNORECASE)
 
@@ -41,6 +42,7 @@ def prepare_shenzhen(
     out: Path,
     split: str = "patient",
     lists: Path | None = None,
+    labels_from: str = "published",
     ratios: Sequence[float] = (0.7, 0.1, 0.2),
     seed: int = 0,
     force: bool = False,
@@ -60,16 +62,19 @@ def prepare_shenzhen(
     elif split == "original":
         if lists is None:
             raise PrepareError("--split original needs --lists DIR (train.txt, valid.txt or val.txt, test.txt)")
-        assignment, sources = assignment_from_lists(lists, names, 2)
+        assignment, written, sources, counts = keep_published_lists(
+            out, lists, SPLITS, names, labels, ("normal", "tuberculosis"), f"the file names in {folder}", summary, take=labels_from)
         unlisted = int((assignment < 0).sum())
         if unlisted:
             summary.note(f"{unlisted} images are in none of the lists in {lists}")
+        for k, name in enumerate(SPLITS):
+            counts[name]["tuberculosis"] = int(tb[assignment == k].sum())
     else:
         raise PrepareError(f"unknown --split {split!r} for shenzhen (original or patient)")
-
-    written, counts = write_split_lists(
-        out, names, labels, assignment, summary, describe=lambda chosen: {"tuberculosis": int(tb[chosen].sum())}
-    )
+    if split == "patient":
+        written, counts = write_split_lists(
+            out, names, labels, assignment, summary, describe=lambda chosen: {"tuberculosis": int(tb[chosen].sum())}
+        )
 
     marker = synthetic_marker(root)
     stamp_synthetic(out, marker)
@@ -81,9 +86,11 @@ def prepare_shenzhen(
         "columns": ["normal", "tuberculosis"],
         "label_columns": 2,
         "label_style": "int",
+        "metadata": {"file": None, "name": "the file names (CHNCXR_NNNN_L.png: L is the label)"},
         "split": split,
         "splits": counts,
         "made_by": made_by(command, sources, seed if split == "patient" else None, marker is not None, split=split,
-                           ratios=[float(r) for r in ratios] if split == "patient" else None),
+                           ratios=[float(r) for r in ratios] if split == "patient" else None,
+                           labels=labels_from if split == "original" else None),
     }, written)
     return summary

@@ -9,6 +9,7 @@ from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from refers.base.atomic import atomic_write_text
 from refers.data.lists import find_split_file, read_list, write_list
 from refers.prepare.common import PrepareError, Summary
 
@@ -147,3 +148,116 @@ def write_split_lists(
         counts[name] = {"images": int(len(chosen)), **describe(chosen)}
         summary.add(name, int(len(chosen)))
     return written, counts
+
+
+# --------------------------------------------------------------------------- published lists, kept line for line
+
+DIFFERENCES_FILE = "label_differences.tsv"
+LABEL_SOURCES = ("published", "metadata")
+
+
+def keep_published_lists(
+    out: Path,
+    list_dir: Path,
+    splits: Sequence[str],
+    names: Sequence[str],
+    labels: np.ndarray,
+    classes: Sequence[str],
+    metadata: str,
+    summary: Summary,
+    take: str = "published",
+    style: str = "int",
+    keep: np.ndarray | None = None,
+    path_of: Callable[[str, int], str] | None = None,
+) -> tuple[np.ndarray, list[Path], list[Path], dict[str, dict]]:
+    """Write each published list of ``splits`` as published: same order, same line text, same line ends.
+
+    A published line whose labels differ from the metadata's keeps the published labels (they define
+    the benchmark) unless ``take`` is ``"metadata"``; every differing class is written to
+    ``label_differences.tsv`` (split, line, image, class, published, metadata) beside the lists.
+
+    Args:
+        out: the list folder.
+        list_dir: folder with the published lists (``val.txt`` or ``valid.txt``, ...).
+        splits: which published lists to keep.
+        names: image file names of the metadata, length N (images are matched by file name).
+        labels: [N, C] the metadata's labels, columns in ``classes`` order.
+        classes: the name of each label column (for the differences file); C names.
+        metadata: the metadata file's name, for the messages.
+        summary: receives one count per split and the notes.
+        take: ``published`` (default) or ``metadata`` labels.
+        style: label style when a line is rewritten with the metadata's labels.
+        keep: optional bool [N]: images that may be listed (False: left out, e.g. not on disk).
+        path_of: ``(published path, index) -> path`` to write; the line is rewritten when it changes it.
+
+    Returns:
+        (int [N] split of each image, -1 in none; list files written; published lists read;
+        ``{split: {"images": n}}``).
+
+    Raises:
+        ListFormatError: a malformed published line.
+        PrepareError: a published image is not in the metadata, or is in two lists (``file:line``).
+    """
+    from refers.base.text_files import text_lines
+    from refers.data.lists import format_label
+
+    if take not in LABEL_SOURCES:
+        raise PrepareError(f"unknown --labels {take!r} (published or metadata)")
+    index = {name: i for i, name in enumerate(names)}
+    assignment = np.full(len(names), -1, dtype=np.int64)
+    written, sources, counts, differences = [], [], {}, []
+    left_out = 0
+    for split in splits:
+        source = find_split_file(list_dir, split)
+        published = read_list(source, num_labels=labels.shape[1])
+        sources.append(source)
+        newline = "\r\n" if source.read_bytes().split(b"\n", 1)[0].endswith(b"\r") else "\n"  # as published
+        text = dict(text_lines(source))
+        lines = []
+        for line, path, row in zip(published.line_numbers.tolist(), published.paths, published.labels):
+            name = Path(path.replace("\\", "/")).name
+            if name not in index:
+                raise PrepareError(f"{source}:{line}: image {name} is not in {metadata}")
+            i = index[name]
+            if assignment[i] >= 0:
+                raise PrepareError(f"{source}:{line}: image {name} is already in the {SPLITS[assignment[i]]} list")
+            if keep is not None and not keep[i]:
+                left_out += 1
+                continue
+            assignment[i] = SPLITS.index(split)
+            for c in np.flatnonzero(row != labels[i]):
+                differences.append((split, line, path, classes[c], format_label(row[c], style), format_label(labels[i, c], style)))
+            target = path_of(path, i) if path_of is not None else path
+            if take == "metadata" or target != path:
+                chosen = labels[i] if take == "metadata" else row
+                lines.append(" ".join([target, *(format_label(v, style) for v in chosen)]))
+            else:
+                lines.append(text[line])
+        target_file = out / f"{split}.txt"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target_file, "".join(line + newline for line in lines))
+        written.append(target_file)
+        counts[split] = {"images": len(lines)}
+        summary.add(split, len(lines))
+    if left_out:
+        summary.note(f"left {left_out} published lines out: their images are not on disk or did not convert")
+    _report_differences(out, differences, metadata, take, summary)
+    return assignment, written, sources, counts
+
+
+def _report_differences(out: Path, differences: list[tuple], metadata: str, take: str, summary: Summary) -> None:
+    """``label_differences.tsv`` and the one line that says which labels were kept."""
+    target = out / DIFFERENCES_FILE
+    if not differences:
+        target.unlink(missing_ok=True)  # a stale file of an earlier run (--force) would mislead
+        if take == "metadata":
+            summary.note(f"took the labels of {metadata} (--labels metadata); they agree with the published ones")
+        return
+    rows = ["split\tline\timage\tclass\tpublished\tmetadata", *("\t".join(str(v) for v in row) for row in differences)]
+    atomic_write_text(target, "\n".join(rows) + "\n")
+    lines = len({(split, line) for split, line, *_ in differences})
+    if take == "metadata":
+        summary.note(f"{lines} published labels differ from {metadata}; took the metadata's (--labels metadata)")
+    else:
+        summary.note(f"{lines} published labels differ from {metadata}; kept the published ones")
+    summary.note(f"each differing label: {target}")
