@@ -267,3 +267,21 @@ def test_published_predictions_reproduce_the_recipe_table(tmp_path, capsys):
     assert len(roc) == len(rows) and "roc_VinBigData_Chest_X-ray_data1.png" in roc and "bars_Shenzhen_Tuberculosis.png" in figures
     assert all((out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in figures)
     assert "SYNTHETIC" not in printed
+
+
+def test_degenerate_bootstrap_interval_leaves_out_the_bar_and_finishes(tmp_path, capsys):
+    """``--bootstrap 20`` on 6 images with one positive per class: nearly every resample loses a class, the
+    interval is one value that excludes the point estimate; the bar chart is drawn without that bar (matplotlib
+    refused the negative length before) and says so."""
+    labels = np.zeros((6, 3))
+    labels[0, 0] = labels[1, 1] = labels[2, 2] = 1
+    probs = np.linspace(0.1, 0.9, 18).reshape(6, 3)
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    write_prediction_files(tree / "VinBigData_Chest_X-ray" / "data100" / "REFERS", CLASSES, labels, probs)
+    assert main([str(tree), "--out", str(out), "--bootstrap", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: bars_VinBigData_Chest_X-ray.png: no error bar for REFERS 100%: bootstrap interval degenerate" in printed
+    row = next(r for r in read_csv(out / "mean_auc.csv") if r["method"] == "REFERS")
+    mean, low, high = float(row["mean_auc"]), float(row["ci_low"]), float(row["ci_high"])
+    assert low == high and not low <= mean <= high  # the degenerate case itself, as the tables report it
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["bars_VinBigData_Chest_X-ray.png", "roc_VinBigData_Chest_X-ray_data100.png"]

@@ -83,10 +83,23 @@ def roc_figure(summaries: list[MethodSummary], path: Path) -> Path:
         plt.close(fig)
 
 
+def _error_bar(mean: float, low: float, high: float) -> tuple[float, float] | None:
+    """Lengths (below, above) of an error bar, or None when the interval cannot be drawn.
+
+    A bootstrap with few usable resamples (``--bootstrap 20`` on a small tree, where most resamples
+    lose a class) gives a single value or an interval that excludes the point estimate: matplotlib
+    refuses a negative length, so such a bar is left out (and the figure says so) rather than faked.
+    """
+    if not all(np.isfinite([mean, low, high])) or not low <= mean <= high:
+        return None
+    return mean - low, high - mean
+
+
 def bar_figure(summaries: list[MethodSummary], path: Path) -> Path:
     """Mean AUC per fraction/task folder (x) and method (bars) of one dataset.
 
-    Error bars: sd over seeds where there are several, else the bootstrap 95% interval.
+    Error bars: sd over seeds where there are several, else the bootstrap 95% interval; a bar whose
+    interval is degenerate (see :func:`_error_bar`) has none, listed under the plot.
     """
     plt = _pyplot()
     groups = sorted({s.group for s in summaries}, key=group_key)
@@ -94,6 +107,7 @@ def bar_figure(summaries: list[MethodSummary], path: Path) -> Path:
     cell = {(s.group, s.method): s for s in summaries}
     width, bottom = 0.8 / len(methods), 100.0
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) * len(methods) / 3), 4))
+    left_out = []
     for i, method in enumerate(methods):
         heights, errors = [], [[], []]
         for group in groups:
@@ -101,11 +115,17 @@ def bar_figure(summaries: list[MethodSummary], path: Path) -> Path:
             mean, sd = s.mean_sd() if s else (np.nan, None)
             heights.append(100 * mean)
             low, high = (mean - sd, mean + sd) if sd is not None else s.ci if s else (np.nan, np.nan)
-            errors[0].append(100 * (mean - low) if np.isfinite(low) else 0.0)
-            errors[1].append(100 * (high - mean) if np.isfinite(high) else 0.0)
+            bar = _error_bar(mean, low, high)
+            if bar is None and s is not None and np.isfinite(mean) and not (np.isnan(low) and np.isnan(high)):
+                left_out.append(f"{method} {group_label(group)}")  # an interval was computed but cannot be drawn
+            errors[0].append(100 * bar[0] if bar else 0.0)
+            errors[1].append(100 * bar[1] if bar else 0.0)
         bottom = np.nanmin([bottom, *(h - e for h, e in zip(heights, errors[0]))])
         x = np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width
         ax.bar(x, heights, width, yerr=errors, capsize=2, label=method)
+    if left_out:
+        fig.text(0.01, 0.01, "no error bar (degenerate bootstrap interval; use a larger --bootstrap): " + ", ".join(left_out), fontsize=6)
+        print(f"note: {path.name}: no error bar for {', '.join(left_out)}: bootstrap interval degenerate (too few usable resamples)")
     ax.set_ylim(max(0.0, 5 * np.floor(bottom / 5) - 5), 100)  # zoom on the bars, intervals included
     ax.set_xticks(np.arange(len(groups)), [group_label(g) for g in groups])
     ax.set_ylabel("mean AUC (%)")
