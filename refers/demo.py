@@ -109,7 +109,7 @@ def load_profile(name: str, studies: int | None = None) -> Profile:
         load_config(root / profile.pretrain_config, overrides)
     except ConfigError as error:
         raise ConfigError(f"{path}: pretrain_config and pretrain_overrides: {error}") from None
-    load_sweep(root / profile.sweep)
+    load_sweep(root / profile.sweep, placeholders={"${OUT}": "demo_out"})  # a stand-in: the real folder is filled in at the sweep stage
     return profile
 
 
@@ -270,9 +270,9 @@ class Demo:
     def finetune(self) -> None:
         self.stage("fine-tuning and testing: " + " vs ".join([*self.pretrained_arms(), "scratch"])
                    + " (candidates chosen on validation per arm)")
-        from refers.sweep import read_sweep_file
+        from refers.sweep import fill_placeholders, read_sweep_file
 
-        resolved = _fill(read_sweep_file(self.root / self.profile.sweep), {"${OUT}": str(self.out)})
+        resolved = fill_placeholders(read_sweep_file(self.root / self.profile.sweep), {"${OUT}": str(self.out)})
         sweep = self.path("sweep.yaml")
         atomic_write_text(sweep, f"# {self.profile.sweep} with ${{OUT}} = {self.out}\n" + yaml.safe_dump(resolved, sort_keys=False))
         self.refers("sweep", sweep, log="sweep")
@@ -311,18 +311,6 @@ class Demo:
                    "profile": self.profile.name}
         atomic_write_text(self.path("summary.json"), json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-def _fill(value: Any, placeholders: dict[str, str]) -> Any:
-    """``value`` with every placeholder replaced in every string, however deeply nested."""
-    if isinstance(value, dict):
-        return {k: _fill(v, placeholders) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, placeholders) for v in value]
-    if isinstance(value, str):
-        for key, text in placeholders.items():
-            value = value.replace(key, text)
-    return value
 
 
 # --- reading the stages' outputs -----------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -127,7 +128,20 @@ def read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
     return read_yaml(path, what="sweep file")
 
 
-def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+def fill_placeholders(value: Any, placeholders: Mapping[str, str]) -> Any:
+    """``value`` with every placeholder (e.g. ``{"${OUT}": "/runs/demo"}``) replaced in every string, however deeply nested."""
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, placeholders) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_placeholders(v, placeholders) for v in value]
+    if isinstance(value, str):
+        for key, text in placeholders.items():
+            value = value.replace(key, text)
+    return value
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None,
+                placeholders: Mapping[str, str] | None = None) -> SweepConfig:
     """Read and check a sweep file.
 
     Relative paths (``workdir``, ``output_dir``, ``results_dir``) resolve from the project root, as
@@ -137,6 +151,8 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     Args:
         path: the YAML file.
         overrides: top-level keys that replace the file's (e.g. ``{"output_dir": ...}`` from the CLI).
+        placeholders: filled in before the checks (a template such as the demo's ``${OUT}``); any
+            ``${...}`` left after that is refused.
 
     Raises:
         FileNotFoundError: no such file.
@@ -144,7 +160,7 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
             refuse, an unknown dataset, an empty grid.
     """
     source = Path(path)
-    raw = read_sweep_file(source)
+    raw = fill_placeholders(read_sweep_file(source), placeholders or {})
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         check_sweep(raw, str(source))
@@ -179,6 +195,7 @@ def check_sweep(raw: Mapping[str, Any], where: str) -> None:
     Raises:
         ConfigError: naming the file, the section and the key.
     """
+    check_placeholders(raw, where)
     check_keys(raw, TOP_KEYS, where)
     for key, spec in TOP_SPECS.items():
         if key in raw:
@@ -196,6 +213,26 @@ def check_sweep(raw: Mapping[str, Any], where: str) -> None:
         for percent, level in _mapping(section.get("by_fraction"), f"{where}: {at}.by_fraction").items():
             FRACTION.check(f"{at}.by_fraction", int(percent) if str(percent).isdigit() else percent, where)
             _check_level(level, where, f"{at}.by_fraction.{percent}", LEVEL_KEYS)
+
+
+_PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
+
+
+def check_placeholders(value: Any, where: str, key: str = "") -> None:
+    """Refuse a ``${...}`` left in any value (at any depth): run as is, ``${OUT}`` became a folder of that name.
+
+    Raises:
+        ConfigError: naming the file, the key (dotted, ``[i]`` for list items) and the placeholder.
+    """
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_placeholders(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_placeholders(v, where, f"{key}[{i}]")
+    elif isinstance(value, str) and (found := _PLACEHOLDER.search(value)):
+        raise ConfigError(f"{where}: {key or 'value'}: unresolved placeholder {found.group()} in {value!r}; "
+                          "replace it with a real value (nothing fills placeholders in a sweep file)")
 
 
 def _check_level(level: Any, where: str, path: str, keys: set[str] | None = None) -> dict:

@@ -366,3 +366,21 @@ def test_parallel_jobs_get_their_own_device(tmp_path):
     assert log.count("CUDA_VISIBLE_DEVICES=") == 4
     assert sorted(line.split()[0] for line in log.splitlines() if line.startswith("CUDA_VISIBLE_DEVICES=")) == \
         sorted(f"CUDA_VISIBLE_DEVICES={device}" for device, *_ in records)  # the log names the device each job had
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_unresolved_placeholder_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch, dry_run):
+    """A ``${OUT}`` left in a sweep value: one line naming the file, the key and the placeholder, exit 2, with
+    --dry-run too; a real run no longer creates a folder literally named ``${OUT}``."""
+    grid = {**GRID, "datasets": {"Shenzhen_Tuberculosis": {"train": {"pretrained_dir": "${OUT}/enc.pth"}}}}
+    path = write_grid(tmp_path, grid)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command([]))
+    assert main([str(path), *(["--dry-run"] if dry_run else ["--in-process"])]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err
+    assert str(path) in lines[0] and "datasets.Shenzhen_Tuberculosis.train.pretrained_dir" in lines[0] and "${OUT}" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]  # no runs/, no ${OUT}/
+    assert main([str(write_grid(tmp_path, {**GRID, "seeds": [0]}, workdir="${HOME}")), "--dry-run"]) == 2
+    assert "workdir: unresolved placeholder ${HOME}" in capsys.readouterr().err
