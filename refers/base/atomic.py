@@ -9,10 +9,16 @@ folder stays readable to colleagues.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from refers.base.errors import UserError
+
+# Writes that fail because of where they go, not what they hold: one line naming the path, exit 1.
+_STORAGE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
 
 
 def _umask() -> int:
@@ -29,17 +35,61 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
         suffix: the temporary file's ending (some writers choose their format from it, e.g. ``.png``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    with _storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with _storage_errors(path):
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path) -> Iterator[None]:
+    """A full disk, a quota or a read-only file system while writing ``path`` -> one line naming it."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRORS:
+            raise
+        raise UserError(f"cannot write {path}: {_STORAGE_ERRORS[error.errno]}; free space or choose another output folder") from None
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check before any work that ``path`` is, or can be made, a writable folder (nothing is created).
+
+    Raises:
+        UserError: (exit 2) ``path`` or a folder above it is a file; the nearest existing folder
+            cannot be written (permissions, read-only file system).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder; choose another path", 2)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{what} {path} cannot be created: {existing} is a file", 2)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be written: {existing} is read-only (permissions or a read-only file system)", 2)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check before any work that the file ``path`` can be written: not a folder, its folder writable.
+
+    Raises:
+        UserError: (exit 2) as :func:`check_output_dir`, or ``path`` is a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file; choose another path", 2)
+    check_output_dir(path.parent, f"{what}'s folder")
+    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

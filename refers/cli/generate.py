@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.beam_size < 1 or (args.max_length is not None and args.max_length < 1):
         raise UserError("--beam-size and --max-length must be >= 1", 2)
+    _check_inputs(args)  # before the model loads (seconds): a wrong path fails at once
     import torch
 
     from refers.config import Config, config_path
@@ -63,6 +64,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         atomic_write_text(args.out, "".join(f"{stamp}{f}\t{r}\n" for f, r in zip(args.study, reports)))
     return 0
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Every path of the command line, before anything is loaded."""
+    from refers.base.atomic import check_output_file
+    from refers.data.mimic_lists import list_study_images
+
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint}: no such file", 2 if Path(args.checkpoint).is_dir() else 1)
+    for folder in args.study:
+        if not Path(folder).is_dir():
+            raise UserError(f"--study {folder}: no such folder")
+        if not list_study_images(Path(folder)):
+            raise UserError(f"{folder}: no PNG/JPEG images in this study folder")
+    if args.out:
+        check_output_file(args.out, "--out")
 
 
 def _study_views(cfg, folder: Path):

@@ -1,0 +1,80 @@
+"""Hostile paths: outputs that cannot be written, inputs that are missing, temporaries left by a crash.
+
+Each is one line naming the path, exit 1 (bad data or state) or 2 (bad flag), no traceback, checked
+before any work, in the one place the commands share (refers/base/atomic.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from refers.base.atomic import atomic_write_text, check_output_dir, check_output_file
+from refers.base.errors import UserError
+
+
+def _one_error_line(err: str, *expected: str) -> None:
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert all(text in lines[0] for text in expected), lines[0]
+
+
+def test_output_folder_checks(tmp_path, monkeypatch):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match=r"output folder .*file.txt is a file, not a folder") as caught:
+        check_output_dir(a_file)
+    assert caught.value.exit_code == 2
+    with pytest.raises(UserError, match=r"cannot be created: .*file.txt is a file") as caught:
+        check_output_dir(a_file / "below" / "out")  # as root, chmod stops nothing: a file on the way does
+    assert caught.value.exit_code == 2
+    with pytest.raises(UserError, match=r"--out .*out.tsv's folder|is a folder, not a file"):
+        check_output_file(tmp_path)
+    assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # the check creates nothing
+    # A read-only folder or file system: os.access says so (root included, for a read-only mount).
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(UserError, match=r"cannot be written: .* is read-only") as caught:
+        check_output_dir(tmp_path / "new")
+    assert caught.value.exit_code == 2
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    target = tmp_path / "summary.md"
+    target.write_text("earlier run\n")
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(UserError, match=r"cannot write .*summary.md: no space left on device") as caught:
+        atomic_write_text(target, "new\n")
+    assert caught.value.exit_code == 1
+    monkeypatch.undo()
+    assert target.read_text() == "earlier run\n" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.md"]
+
+
+def test_generate_checks_every_path_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import refers.engine.train_state as train_state
+    from refers.cli.generate import main
+
+    loaded = []
+    monkeypatch.setattr(train_state, "load_state", lambda path: loaded.append(path) or {})
+    checkpoint = tmp_path / "checkpoint_6.pth"
+    checkpoint.write_bytes(b"not read in this test")
+    assert main(["--checkpoint", str(checkpoint), "--study", str(tmp_path / "no_such_study")]) == 1
+    _one_error_line(capsys.readouterr().err, "--study", "no_such_study: no such folder")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "notes.txt").write_text("x")
+    assert main(["--checkpoint", str(checkpoint), "--study", str(study)]) == 1
+    _one_error_line(capsys.readouterr().err, "study: no PNG/JPEG images in this study folder")
+    (study / "view1.png").write_bytes(b"")
+    assert main(["--checkpoint", str(checkpoint), "--study", str(study), "--out", str(checkpoint / "reports.tsv")]) == 2
+    _one_error_line(capsys.readouterr().err, "--out", "checkpoint_6.pth is a file")
+    assert main(["--checkpoint", str(tmp_path / "none.pth"), "--study", str(study)]) == 1
+    _one_error_line(capsys.readouterr().err, "none.pth: no such file")
+    assert loaded == []  # the model was never loaded
