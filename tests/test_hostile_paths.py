@@ -78,3 +78,24 @@ def test_generate_checks_every_path_before_loading_the_model(tmp_path, capsys, m
     assert main(["--checkpoint", str(tmp_path / "none.pth"), "--study", str(study)]) == 1
     _one_error_line(capsys.readouterr().err, "none.pth: no such file")
     assert loaded == []  # the model was never loaded
+
+
+def test_results_and_prepare_refuse_an_output_below_a_file_before_any_work(tmp_path, capsys):
+    import numpy as np
+
+    from refers.cli.prepare import main as prepare_main
+    from refers.cli.results import main as results_main
+    from refers.eval.predictions import write_prediction_files
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder is wanted")
+    tree = tmp_path / "tree"
+    labels = np.array([[0.0], [1.0], [0.0], [1.0]])
+    write_prediction_files(tree / "Shenzhen_Tuberculosis" / "data100" / "REFERS", ["Tuberculosis"], labels, labels * 0.5 + 0.2)
+    assert results_main([str(tree), "--out", str(blocker / "summary"), "--bootstrap", "0", "--no-figures"]) == 2
+    _one_error_line(capsys.readouterr().err, "--out", "blocker is a file")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    assert prepare_main(["shenzhen", "--root", str(raw), "--out", str(blocker)]) == 2
+    _one_error_line(capsys.readouterr().err, "--out", "blocker is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "raw", "tree"] and not any(raw.iterdir())

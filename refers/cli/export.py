@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from refers.base.atomic import atomic_output
+from refers.base.atomic import atomic_output, check_output_dir, check_output_file
 from refers.base.errors import UserError as UserError
 from refers.cli.common import command
 
@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else checkpoint.parent / f"refers_checkpoint.{args.format}"
     if out.resolve() == checkpoint.resolve():
         raise UserError(f"--out {out} would overwrite the checkpoint it reads", 2)
+    check_output_file(out, "--out")  # before any work
+    if args.to:
+        check_output_dir(args.to, "--to")
     try:
         written = export_checkpoint(checkpoint, out, args.format)
     except (UnsafeCheckpointError, ValueError) as error:

@@ -33,12 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
+    from refers.base.atomic import check_output_file
     from refers.base.errors import UnreadableImageError
     from refers.engine.distributed import DistInfo
     from refers.finetune.predict import predict
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_output_file(args.out, "--out")  # before the model loads
     try:
         out = predict(args.checkpoint, args.images, args.out, args.model_type, args.img_size, args.dataset,
                       args.batch_size, args.skip_bad_images, DistInfo(device=device))

@@ -52,11 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from refers.eval.tables import console_summary, write_tables
     from refers.eval.tree import discover
     from refers.base.paths import results_dir
+    from refers.base.atomic import check_output_dir
 
     root = Path(args.dir).expanduser().resolve() if args.dir else results_dir()
     out = Path(args.out).expanduser().resolve() if args.out else default_out(Path.cwd().resolve())
     if _inside(out, root):
         raise UserError(f"output folder {out} is inside the results tree {root}; pass --out elsewhere (the tree is never written)", exit_code=2)
+    check_output_dir(out, "--out")  # before any work
     tree = discover(root)
     if not tree.runs:
         problems = "".join(f"\n  {p}" for p in tree.problems)

@@ -57,6 +57,11 @@ def prepare_dataset(action: str, root: str | os.PathLike | None = None, out: str
     if action in WITH_IMAGES:
         common["images_out"] = Path(images_out) if images_out is not None else layout.prepared_dir(spec, root)
         common["workers"] = workers or default_workers()
+    from refers.base.atomic import check_output_dir
+
+    check_output_dir(common["out"], "--out")  # before any work: a file, or an unwritable folder, in the way
+    if "images_out" in common:
+        check_output_dir(common["images_out"], "--images-out")
     if action == "nih":
         options["short_side"] = options.get("short_side", NIH_SHORT_SIDE) or None
     prepare = getattr(importlib.import_module(f"refers.prepare.{action}"), f"prepare_{action}")
