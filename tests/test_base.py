@@ -152,3 +152,26 @@ def test_commands_given_a_broken_checkpoint_print_one_line(tmp_path: Path, capsy
         assert main(argv) == 1, kind
         err = capsys.readouterr().err
         assert "Traceback" not in err and files[kind][1] in err and str(files[kind][0]) in err, err
+
+
+def test_stale_temporaries_of_interrupted_writes_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    import time
+
+    from refers.base.atomic import remove_stale_temporaries
+
+    sub = tmp_path / "files" / "p10"
+    sub.mkdir(parents=True)
+    stale = [tmp_path / ".train.txt.k2j4_x9q.tmp", sub / ".a.png.abcdefgh.tmp", tmp_path / ".roc.png.0a1b2c3d.png"]
+    kept = [tmp_path / "train.txt", tmp_path / ".hidden.tmp", tmp_path / ".train.txt.short.tmp", sub / "a.png",
+            tmp_path / "notes.abcdefgh.tmp"]
+    for path in stale + kept:
+        path.write_text("x")
+    old = time.time() - 3600
+    for path in stale + kept:
+        os.utime(path, (old, old))
+    fresh = tmp_path / ".val.txt.zzzzzzzz.tmp"  # a write of another process under way now
+    fresh.write_text("x")
+    started = time.time() - 60
+    assert remove_stale_temporaries(tmp_path, started) == 2  # the top folder only
+    assert remove_stale_temporaries(tmp_path, started, recursive=True) == 1
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept) and fresh.exists()

@@ -137,3 +137,19 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert main(["vinbig", "--root", str(root), "--out", str(tmp_path / "o"), "--workers", "1", "--skip-bad-images"]) == 0
     assert set(_labels(tmp_path / "o")) == {"a.png", "b.png"}
     assert main(["vinbig", "--root", str(root), "--out", str(tmp_path / "o"), "--scale", "2"]) == 2
+
+
+def test_a_rerun_removes_what_an_interrupted_run_left_behind(tmp_path, capsys):
+    import os
+    import time
+
+    root = _vinbig(tmp_path / "vin", ROWS)
+    out, images = tmp_path / "o", root / "prepared"
+    orphans = [out / ".train.txt.q1w2e3r4.tmp", images / ".a.png.x9y8z7w6.tmp"]
+    for path in orphans:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+        os.utime(path, (time.time() - 600,) * 2)
+    assert main(["vinbig", "--root", str(root), "--out", str(out), "--workers", "1"]) == 0
+    assert "removed 2 temporary file(s) that an interrupted earlier run left behind" in capsys.readouterr().out
+    assert not any(p.exists() for p in orphans) and (images / "a.png").is_file()

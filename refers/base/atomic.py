@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -48,6 +49,29 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# The temporaries atomic_output makes: "." + target name + "." + mkstemp's 8 random characters + suffix.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|png|npz|npy)$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, older_than: float, recursive: bool = False) -> int:
+    """Delete what interrupted :func:`atomic_output` writes left in ``folder``; how many were removed.
+
+    A write killed outright (SIGKILL, a power cut, a pool worker terminated) cannot clean up after
+    itself. Only files named like this module's temporaries and last changed before ``older_than``
+    (the time the current run started) go, so writes under way in another process are left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.rglob(".*") if recursive else folder.glob(".*"):
+        if _TEMPORARY.match(path.name) and path.is_file() and path.stat().st_mtime < older_than:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
 
 
 @contextlib.contextmanager

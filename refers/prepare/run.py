@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,19 @@ def prepare_dataset(action: str, root: str | os.PathLike | None = None, out: str
     if action in WITH_IMAGES:
         common["images_out"] = Path(images_out) if images_out is not None else layout.prepared_dir(spec, root)
         common["workers"] = workers or default_workers()
-    from refers.base.atomic import check_output_dir
+    from refers.base.atomic import check_output_dir, remove_stale_temporaries
 
     check_output_dir(common["out"], "--out")  # before any work: a file, or an unwritable folder, in the way
     if "images_out" in common:
         check_output_dir(common["images_out"], "--images-out")
     if action == "nih":
         options["short_side"] = options.get("short_side", NIH_SHORT_SIDE) or None
+    started = time.time()
+    stale = remove_stale_temporaries(common["out"], started)
+    if "images_out" in common:
+        stale += remove_stale_temporaries(common["images_out"], started, recursive=True)
     prepare = getattr(importlib.import_module(f"refers.prepare.{action}"), f"prepare_{action}")
-    return prepare(**common, **options)
+    summary = prepare(**common, **options)
+    if stale:
+        summary.note(f"removed {stale} temporary file(s) that an interrupted earlier run left behind")
+    return summary
