@@ -129,6 +129,8 @@ def _schema() -> dict[str, Any]:
             "OPTIMIZER_NAME": "sgd",
             # Total batch size across all processes (divided by the world size).
             "BATCH_SIZE": 2,
+            # Micro-batches per optimiser step (BATCH_SIZE is split into this many; DDP syncs on the last).
+            "ACCUMULATION_STEPS": 1,
             # Peak learning rate of everything but BERT, and of BERT.
             "LR": 3e-3,
             "BERT_LR": 3e-4,
@@ -416,7 +418,8 @@ def _check(data: Mapping[str, Any]) -> None:
     ids = [flat[f"DATA.{n}_INDEX"] for n in ("UNK", "SOS", "EOS", "MASK", "PAD")]
     if len(set(ids)) != len(ids) or max(ids) >= flat["DATA.VOCAB_SIZE"] or min(ids) < 0:
         raise ConfigError(f"DATA.*_INDEX must be distinct ids below DATA.VOCAB_SIZE, got {ids}")
-    positive = ("DATA.IMAGE_CROP_SIZE", "DATA.NUM_VIEWS", "OPTIM.BATCH_SIZE", "OPTIM.NUM_ITERATIONS", "LOSS.TAU")
+    positive = ("DATA.IMAGE_CROP_SIZE", "DATA.NUM_VIEWS", "OPTIM.BATCH_SIZE", "OPTIM.NUM_ITERATIONS", "LOSS.TAU",
+                "OPTIM.ACCUMULATION_STEPS")
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {flat[key]}")

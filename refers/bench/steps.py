@@ -166,7 +166,7 @@ def finetune_benchmark(preset: Preset, device: torch.device, precision: str, bat
     from refers.engine.distributed import DistInfo
     from refers.engine.sampling import DataPosition
     from refers.finetune.model import build_classifier
-    from refers.finetune.precision import make_precision
+    from refers.engine.precision import make_precision
     from refers.finetune.train import build_scheduler, train_step
 
     batch = batch_size or preset.batch_size

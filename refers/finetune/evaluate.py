@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from refers.data.device_transforms import to_model_input
 from refers.engine.distributed import DistInfo
 from refers.finetune.data import collate_dropping_none, shard_range
-from refers.finetune.precision import Precision
+from refers.engine.precision import Precision
 
 
 @dataclass
