@@ -82,6 +82,15 @@ class LoopOptions:
     argv: list[str] = field(default_factory=list)
 
 
+def study_loss(model: nn.Module, batch: dict[str, Any], precision: Precision,
+               device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one batch of studies: ``model(batch)``'s ``"loss"`` [] and ``"components"``, under autocast."""
+    batch = to_device(batch, device)
+    with precision.autocast():
+        output = model(batch)
+    return output["loss"], output.get("components", {})
+
+
 class PretrainRun:
     """One pre-training run in this process (a :class:`~refers.engine.trainer.Task`); :meth:`run`
     returns the exit code."""
@@ -146,9 +155,7 @@ class PretrainRun:
 
     # ---------------------------------------------------------------------- what the trainer calls
     def loss(self, model: nn.Module, batch: dict[str, Any], precision: Precision) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with precision.autocast():
-            output = model(to_device(batch, self.device))
-        return output["loss"], output.get("components", {})
+        return study_loss(model, batch, precision, self.device)
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()
@@ -262,7 +269,7 @@ class PretrainRun:
         if self.val_sampler is None:
             return False
         metrics, sample = evaluate(
-            self.model, self.val_loader, self.val_sampler, self.info, self.precision.autocast,
+            self.model, self.val_loader, self.val_sampler, self.info, self.precision,
             decode=self.parts.decode if self.options.log_text else None,
             max_length=self.cfg.DATA.MAX_CAPTION_LENGTH,
         )

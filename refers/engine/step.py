@@ -68,7 +68,7 @@ class OptimStep:
     position: DataPosition = field(default_factory=DataPosition)
     micro: int = 0  # the micro-batch being fetched or computed
 
-    def backward(self, batches: Iterator[Any]) -> StepResult:
+    def accumulate(self, batches: Iterator[Any]) -> StepResult:
         """Forward and backward passes of one step's micro-batches; gradients accumulate."""
         n = self.accumulation
         total: torch.Tensor | None = None
@@ -107,7 +107,7 @@ class OptimStep:
         self.optimizer.zero_grad(set_to_none=True)
 
     def __call__(self, batches: Iterator[Any]) -> StepResult:
-        """A whole step: :meth:`backward` then :meth:`update`."""
-        result = self.backward(batches)
+        """A whole step: :meth:`accumulate` then :meth:`update`."""
+        result = self.accumulate(batches)
         self.update()
         return result

@@ -191,7 +191,7 @@ class Trainer:
             number = self.step + 1
             task.train_mode(self.model)
             try:
-                result = stepper.backward(batches)
+                result = stepper.accumulate(batches)
             except RuntimeError:
                 # Ctrl-C also reached the loader's workers; while the first micro-batch is fetched
                 # the state is still that of a step boundary.
