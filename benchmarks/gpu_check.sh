@@ -7,6 +7,8 @@
 #   benchmarks/gpu_check.sh --compile       # the same with torch.compile
 #   BENCH_OUT=/tmp/b benchmarks/gpu_check.sh --only finetune pretrain
 #
+# First runs benchmarks/gpu_engine_check.py (tiny pre-training in bf16 and fp16, a resume compared
+# bit for bit, fine-tuning and testing); then the bench.
 # Writes the cuda slot of <out>/results.json and rebuilds <out>/RESULTS.md (CPU figures are kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,9 @@ if not torch.cuda.is_available():
 print(f"GPU: {torch.cuda.get_device_name()}, bf16 supported: {torch.cuda.is_bf16_supported()}")
 PYEOF
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+
+# The engine's GPU paths end to end first (bf16, fp16 + scaler, resume, fine-tuning, testing): fails loudly.
+"$PY" benchmarks/gpu_engine_check.py --device cuda
 
 "$PY" -m refers bench --device cuda --out "$OUT_DIR" "$@"
 echo "gpu_check.sh: results in $OUT_DIR/results.json and $OUT_DIR/RESULTS.md"

@@ -36,9 +36,28 @@ def test_section_extraction_on_report_variants(report, findings, impression):
     assert report_text(sections) == " ".join(dict.fromkeys(t for t in (findings, impression) if t))
 
 
-def test_unknown_capital_headers_split_but_sentences_do_not():
+def test_only_known_section_names_open_a_section():
+    # Issue 14: an unknown capitalised word before a colon is text (it used to open a section).
     sections = split_sections("COMPARISON: None.\nPA AND LATERAL VIEWS: heart normal.\nHeart size: normal.")
-    assert sections == {"comparison": "None.", "pa and lateral views": "heart normal. Heart size: normal."}
+    assert sections == {"comparison": "None. PA AND LATERAL VIEWS: heart normal. Heart size: normal."}
+
+
+@pytest.mark.parametrize("report, findings, impression", [
+    # De-identified wrapped lines begin with XXXX: and must not end FINDINGS.
+    ("FINDINGS: The heart is normal in size. There is\nXXXX: XXXX single view of the chest shows\nno effusion.\n"
+     "IMPRESSION: No acute disease.",
+     "The heart is normal in size. There is XXXX: XXXX single view of the chest shows no effusion.", "No acute disease."),
+    ("FINDINGS:\n Lines and tubes as before.\n PA: the lungs are clear.\n LATERAL: no effusion.\n\n"
+     " Impressions: Clear lungs.",
+     "Lines and tubes as before. PA: the lungs are clear. LATERAL: no effusion.", "Clear lungs."),
+    # Known names still open sections in any case and with their variants.
+    ("clinical history: cough\nComparison exam: ___\nFindings: Small effusion.\nRECOMMENDATION(S): follow-up.",
+     "Small effusion.", ""),
+])
+def test_wrapped_lines_with_a_colon_stay_in_their_section(report, findings, impression):
+    assert extract_sections(report) == {"findings": findings, "impression": impression}
+    sections = split_sections(report)
+    assert set(sections) <= {"findings", "impression", "indication", "comparison", "recommendation"}
 
 
 @pytest.fixture

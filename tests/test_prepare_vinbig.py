@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.prepare_helpers import make_vinbig_csv, write_dicom
 from refers.cli.prepare import main
-from refers.data.dicom import MissingDicomDecoder, read_dicom_uint8
+from refers.data.dicom import DicomError, MissingDicomDecoder, read_dicom_uint8
 from refers.base.errors import UnreadableImageError
 from refers.data.lists import read_list
 from refers.data.registry import VINBIG_CLASSES
@@ -46,22 +46,27 @@ def test_compressed_transfer_syntaxes(tmp_path, compress):
     np.testing.assert_array_equal(read_dicom_uint8(write_dicom(tmp_path / "c.dicom", RAMP, compress=compress)), plain)
 
 
-def test_missing_decoder_names_the_package(tmp_path):
-    if importlib.util.find_spec("openjpeg") is not None:
-        pytest.skip("pylibjpeg-openjpeg is installed here, so JPEG 2000 decodes")
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEG2000Lossless
+def test_missing_decoder_only_when_the_decoder_is_really_absent(monkeypatch):
+    """A decoder pydicom reports unavailable is named with its package; an installed one that fails is not."""
+    import pydicom.pixels
 
-    path = write_dicom(tmp_path / "j2k.dicom", RAMP)
-    import pydicom
+    corpus = Path(pydicom.__file__).parent / "data" / "test_files"
+    real = pydicom.pixels.get_decoder
 
-    ds = pydicom.dcmread(path)
-    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64])
-    ds["PixelData"].VR = "OB"
-    ds.save_as(path, enforce_file_format=True)
-    with pytest.raises(MissingDicomDecoder, match="pip install pylibjpeg pylibjpeg-openjpeg"):
-        read_dicom_uint8(path)
+    class Unavailable:
+        is_available = False
+
+    def without_jpeg2000(uid):
+        return Unavailable() if str(uid).startswith("1.2.840.10008.1.2.4.9") else real(uid)
+
+    lossy = corpus / "JPEG-lossy.dcm"  # JPEG extended, whose decoder is installed, but the data fail
+    with pytest.raises(DicomError) as failed:
+        read_dicom_uint8(lossy)
+    assert failed.value.reason == "corrupt or truncated" and "pip install" not in str(failed.value)
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", without_jpeg2000)
+    with pytest.raises(MissingDicomDecoder, match="pip install pylibjpeg pylibjpeg-openjpeg") as missing:
+        read_dicom_uint8(corpus / "JPEG2000.dcm")
+    assert missing.value.reason == "missing decoder" and "JPEG2000.dcm" in str(missing.value)
 
 
 def test_missing_pydicom_and_truncated_file(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ from refers.data.study_table import load_study_table
 from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv, write_dataset_yaml
 from refers.base.synthetic import stamp_synthetic, synthetic_marker
 from refers.prepare.reports import extract_sections, report_text
-from refers.prepare.resize import ResizeSpec, prepare_images
+from refers.prepare.resize import FAILURES_FILE, ResizeSpec, prepare_images
 
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -163,7 +163,8 @@ def prepare_mimic(
         folder = study_folder(studies[study_id]["subject_id"], study_id)
         for dicom in studies[study_id]["dicoms"]:
             jobs.append((str(root / folder / f"{dicom}.jpg"), str(images_out / folder / f"{dicom}.jpg")))
-    done = prepare_images(jobs, ResizeSpec(short_side=short_side), workers, skip_bad, summary, "mimic images")
+    done = prepare_images(jobs, ResizeSpec(short_side=short_side), workers, skip_bad, summary, "mimic images",
+                          failures_file=out / FAILURES_FILE)
 
     by_split: dict[str, list[Study]] = defaultdict(list)
     for study_id in sorted(texts, key=lambda s: (studies[s]["subject_id"], s)):

@@ -2,10 +2,12 @@
 
 Real reports vary: headers in upper or mixed case, text on the header's line or below it, spelling
 variants (``IMPRESSIONS``, ``CONCLUSION``), a combined ``FINDINGS AND IMPRESSION:``, a ``FINAL
-REPORT`` banner, addenda, reports with no section header at all. A line starting with a known section
-name, or with an all-capitals phrase, followed by ``:`` opens a section; sections with the same
-canonical name are concatenated. When a report has neither findings nor impression, its last
-paragraph stands in for the impression (as MIMIC-CXR's own section parser does).
+REPORT`` banner, addenda, reports with no section header at all. Only a line starting with a known
+section name (the MIMIC-CXR set and the variants MIT-LCP's section parser normalises, in any case)
+followed by ``:`` opens a section; any other word before a colon stays in the text, since wrapped
+report lines often begin with one (``XXXX: XXXX single view ...`` after de-identification, ``PA: ...``).
+Sections with the same canonical name are concatenated. When a report has neither findings nor
+impression, its last paragraph stands in for the impression (as MIMIC-CXR's own section parser does).
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ _ALIASES = {
     "summary": "impression", "opinion": "impression",
     "indication": "indication", "indications": "indication", "history": "indication",
     "clinical history": "indication", "clinical information": "indication", "reason for exam": "indication",
-    "reason for examination": "indication", "clinical indication": "indication",
+    "reason for examination": "indication", "clinical indication": "indication", "indication for exam": "indication",
+    "history/indication": "indication", "indication/history": "indication", "clinical data": "indication",
     "examination": "examination", "exam": "examination", "study": "examination", "procedure": "examination",
-    "technique": "technique", "comparison": "comparison", "comparisons": "comparison",
-    "recommendation": "recommendation", "recommendations": "recommendation",
-    "notification": "notification", "addendum": "addendum", "final addendum": "addendum",
+    "type of examination": "examination", "exam requested": "examination",
+    "technique": "technique", "techniques": "technique",
+    "comparison": "comparison", "comparisons": "comparison", "comparison exam": "comparison",
+    "comparison study": "comparison", "prior": "comparison", "priors": "comparison",
+    "recommendation": "recommendation", "recommendations": "recommendation", "recommendation(s)": "recommendation",
+    "notification": "notification", "notifications": "notification", "communication": "notification",
+    "addendum": "addendum", "final addendum": "addendum",
     "wet read": "wet read", "final report": "final report", "findings and impression": "findings and impression",
     "impression and findings": "findings and impression", "findings/impression": "findings and impression",
 }
@@ -37,14 +44,8 @@ _BANNER = re.compile(r"^[ \t]*(FINAL REPORT|PRELIMINARY REPORT|ADDENDUM)[ \t]*$"
 
 
 def _canonical(header: str) -> str | None:
-    name = " ".join(header.lower().replace("_", " ").split())
-    if name in _ALIASES:
-        return _ALIASES[name]
-    # Unknown headers count only when written in capitals (a sentence like "Note: ..." does not).
-    letters = [c for c in header if c.isalpha()]
-    if letters and all(c.isupper() for c in letters) and len(letters) >= 3:
-        return name
-    return None
+    """The canonical name of a known section header, else None (the line is ordinary text)."""
+    return _ALIASES.get(" ".join(header.lower().replace("_", " ").split()))
 
 
 def split_sections(report: str) -> dict[str, str]:

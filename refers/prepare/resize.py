@@ -19,10 +19,12 @@ from typing import Sequence
 from PIL import Image
 
 from refers.data.images import DICOM_SUFFIXES, open_grey
+from refers.base.atomic import atomic_write_text
 from refers.base.errors import UnreadableImageError
 from refers.prepare.common import PrepareError, Summary, parallel_map
 
 WRITTEN, KEPT, MISSING, UNREADABLE = "written", "kept", "missing", "unreadable"
+FAILURES_FILE = "conversion_failures.tsv"  # beside the lists: every image that gave no output, and why
 
 
 @dataclass(frozen=True)
@@ -59,13 +61,9 @@ class ResizeSpec:
 def source_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
     if path.suffix.lower() in DICOM_SUFFIXES:
-        from refers.data.dicom import import_pydicom
+        from refers.data.dicom import dicom_size
 
-        try:
-            header = import_pydicom().dcmread(path, stop_before_pixels=True)
-            return int(header.Columns), int(header.Rows)
-        except (AttributeError, ValueError, OSError, EOFError, KeyError) as error:
-            raise UnreadableImageError(f"cannot read DICOM header of {path}: {error}") from None
+        return dicom_size(path)
     try:
         with Image.open(path) as image:
             return image.size
@@ -101,7 +99,7 @@ def save_atomic(image: Image.Image, target: Path, quality: int = 95) -> None:
         raise
 
 
-def prepare_image(job: tuple[str, str], spec: ResizeSpec) -> tuple[str, str, str]:
+def prepare_image(job: tuple[str, str], spec: ResizeSpec) -> tuple[str, str, str, str]:
     """Make one cached image (a worker function: picklable, returns instead of raising).
 
     Args:
@@ -109,52 +107,89 @@ def prepare_image(job: tuple[str, str], spec: ResizeSpec) -> tuple[str, str, str
         spec: output size.
 
     Returns:
-        (status, source, message): status is ``written``, ``kept`` (already done), ``missing`` or
-        ``unreadable``. A missing DICOM decoder raises :class:`~refers.data.dicom.MissingDicomDecoder`,
-        which stops the run: it would fail the same way on every file.
+        (status, source, message, fix): status is ``written``, ``kept`` (already done), ``missing``,
+        ``unreadable``, or for a DICOM the reason it gives no radiograph (see
+        :data:`refers.data.dicom.REASONS`); ``fix`` says what to do about a failure.
     """
+    from refers.data.dicom import DicomError
+
     source, target = Path(job[0]), Path(job[1])
     try:
         width, height = source_size(source)
         size = spec.target(width, height)
         if target.is_file() and _size_or_none(target) == size:
-            return KEPT, job[0], ""
+            return KEPT, job[0], "", ""
         image = open_grey(source, min_side=min(size))
         if image.size != size:
             image = image.resize(size, Image.BILINEAR)
         save_atomic(image, target, spec.quality)
     except FileNotFoundError as error:
-        return MISSING, job[0], str(error)
+        return MISSING, job[0], str(error), "check --root: the file named in the metadata is not there"
+    except DicomError as error:
+        return error.reason, job[0], error.detail, error.fix
     except UnreadableImageError as error:
-        return UNREADABLE, job[0], str(error)
-    return WRITTEN, job[0], ""
+        return UNREADABLE, job[0], str(error), "re-download or re-export it, or leave it out (--skip-bad-images)"
+    return WRITTEN, job[0], "", ""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A source image that gave no output: why, and what to do."""
+
+    source: str
+    reason: str
+    message: str
+    fix: str
 
 
 def prepare_images(
-    jobs: Sequence[tuple[str, str]], spec: ResizeSpec, workers: int, skip_bad: bool, summary: Summary, desc: str
+    jobs: Sequence[tuple[str, str]], spec: ResizeSpec, workers: int, skip_bad: bool, summary: Summary, desc: str,
+    failures_file: Path | None = None,
 ) -> set[str]:
     """Run :func:`prepare_image` over ``jobs`` in parallel; the sources that ended up with an output.
 
-    Missing or unreadable sources are printed (the first 20) and stop the command with an error
-    naming the first one, unless ``skip_bad`` (``--skip-bad-images``) leaves them out. Either way the
-    images already done stay in the cache, so the next run resumes.
+    Every job runs, whatever fails: the failures are then printed grouped by reason, with what to do,
+    and written to ``failures_file`` (a TSV: file, reason, what to do, detail) when given; an older
+    failures file is removed when nothing failed. Failures stop the command with an error unless
+    ``skip_bad`` (``--skip-bad-images``) leaves them out of the lists. Either way the images already
+    done stay in the cache, so the next run converts only what is still missing.
     """
     done: set[str] = set()
-    bad: list[tuple[str, str, str]] = []
-    for status, source, message in parallel_map(functools.partial(prepare_image, spec=spec), jobs, workers, desc):
-        summary.add(f"images {status}")
+    failures: list[Failure] = []
+    for status, source, message, fix in parallel_map(functools.partial(prepare_image, spec=spec), jobs, workers, desc):
         if status in (WRITTEN, KEPT):
+            summary.add(f"images {status}")
             done.add(source)
         else:
-            bad.append((source, status, message))
-    if bad:
-        bad.sort()
-        for source, status, message in bad[:20]:
-            print(f"  {status}: {message or source}", file=sys.stderr)
-        if len(bad) > 20:
-            print(f"  ... and {len(bad) - 20} more", file=sys.stderr)
-        if not skip_bad:
-            raise PrepareError(f"{len(bad)} image(s) missing or unreadable, first: {bad[0][2] or bad[0][0]}; "
-                               "pass --skip-bad-images to leave them out of the lists")
-        summary.note(f"left out {len(bad)} missing or unreadable image(s) (--skip-bad-images)")
+            summary.add("images failed")
+            failures.append(Failure(source, status, message, fix))
+    report_failures(failures, failures_file, skip_bad, summary)
     return done
+
+
+def report_failures(failures: list[Failure], failures_file: Path | None, skip_bad: bool, summary: Summary) -> None:
+    """Print the failures grouped by reason, write them to ``failures_file``, stop unless ``skip_bad``."""
+    if failures_file is not None:
+        if failures:
+            rows = ["file\treason\twhat to do\tdetail"]
+            rows += [f"{f.source}\t{f.reason}\t{f.fix}\t{' '.join(f.message.split())}" for f in sorted(failures, key=lambda f: f.source)]
+            atomic_write_text(failures_file, "\n".join(rows) + "\n")
+        elif failures_file.is_file():
+            failures_file.unlink()
+    if not failures:
+        return
+    groups: dict[str, list[Failure]] = {}
+    for failure in sorted(failures, key=lambda f: f.source):
+        groups.setdefault(failure.reason, []).append(failure)
+    for reason, members in sorted(groups.items()):
+        print(f"  {len(members)} {reason}: {members[0].fix}", file=sys.stderr)
+        for failure in members[:10]:
+            print(f"    {failure.source}: {failure.message}", file=sys.stderr)
+        if len(members) > 10:
+            print(f"    ... and {len(members) - 10} more", file=sys.stderr)
+    where = f"; every one is listed in {failures_file}" if failures_file is not None else ""
+    counts = ", ".join(f"{len(members)} {reason}" for reason, members in sorted(groups.items()))
+    if not skip_bad:
+        raise PrepareError(f"{len(failures)} image(s) gave no output ({counts}){where}; the others were converted. "
+                           "Pass --skip-bad-images to leave these out of the lists")
+    summary.note(f"left out {len(failures)} image(s) that gave no output ({counts}) (--skip-bad-images){where}")

@@ -8,7 +8,8 @@ original's class order (:data:`~refers.data.registry.VINBIG_CLASSES`), written `
 
 Images: each DICOM becomes ``<image_id>.png`` in ``Data/VinBigData_Chest_X-ray/prepared/`` (VOI LUT /
 window applied, MONOCHROME1 inverted, 8 bits; see :func:`refers.data.dicom.read_dicom_uint8`),
-scaled by ``--scale`` (0.25) or to a longer side of ``--max-size``. Splits: seeded, 0.7 / 0.1 / 0.2,
+scaled by ``--scale`` (0.25) or to a longer side of ``--max-size``. Every file is tried; those that
+give no radiograph are listed by reason in ``conversion_failures.tsv`` beside the lists. Splits: seeded, 0.7 / 0.1 / 0.2,
 the proportions of the original's 10,500 / 1,500 / 3,000 (every image is its own group: the dataset
 has no patient ids).
 """
@@ -24,7 +25,7 @@ import numpy as np
 from refers.data.registry import VINBIG_CLASSES
 from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv, write_dataset_yaml
 from refers.base.synthetic import stamp_synthetic, synthetic_marker
-from refers.prepare.resize import ResizeSpec, prepare_images
+from refers.prepare.resize import FAILURES_FILE, ResizeSpec, prepare_images
 from refers.prepare.splits import SPLITS, group_split, write_split_lists
 
 TRAIN_CSV = "train.csv"
@@ -86,7 +87,8 @@ def prepare_vinbig(
     images, labels = image_labels(csv_path, label_rule)
 
     jobs = [(str(root / "train" / f"{image}.dicom"), str(images_out / f"{image}.png")) for image in images]
-    done = prepare_images(jobs, ResizeSpec(scale=None if max_size else scale, max_size=max_size), workers, skip_bad, summary, "vinbig dicoms")
+    done = prepare_images(jobs, ResizeSpec(scale=None if max_size else scale, max_size=max_size), workers, skip_bad, summary,
+                          "vinbig dicoms", failures_file=out / FAILURES_FILE)
     keep = np.array([job[0] in done for job in jobs], dtype=bool)
 
     assignment = group_split(images, ratios, seed)

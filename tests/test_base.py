@@ -1,0 +1,80 @@
+"""The bottom layer: atomic output, file modes, the synthetic marker, the shared errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from refers.base.atomic import atomic_output, atomic_write_bytes, atomic_write_text
+from refers.base.checkpoints import atomic_torch_save, safe_load
+from refers.base.errors import ListFormatError, UserError
+from refers.base.synthetic import SYNTHETIC_MARKER, is_synthetic, mark_synthetic, stamp_synthetic, synthetic_marker
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, restoring it afterwards."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_follow_the_umask(tmp_path: Path, umask, mask: int, expected: int) -> None:
+    umask(mask)
+    text, data, weights = tmp_path / "a.txt", tmp_path / "b.bin", tmp_path / "c.pth"
+    atomic_write_text(text, "x\n")
+    atomic_write_bytes(data, b"\x00\x01")
+    atomic_torch_save({"w": torch.ones(2)}, weights)
+    for path in (text, data, weights):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "list.txt"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half", encoding="utf-8")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text(encoding="utf-8") == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.txt"]
+
+
+def test_text_is_utf8_with_unix_line_ends(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "r.txt"  # the folder is created
+    atomic_write_text(target, "Pneumothorax – é\r\nnext\n")
+    assert target.read_bytes() == "Pneumothorax – é\r\nnext\n".encode("utf-8")
+    atomic_write_text(target, "a\nb\n")
+    assert target.read_bytes() == b"a\nb\n"
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path: Path) -> None:
+    path = atomic_torch_save({"w": torch.arange(3.0), "meta": {"step": 2}}, tmp_path / "s.pth")
+    loaded = safe_load(path)
+    assert torch.equal(loaded["w"], torch.arange(3.0)) and loaded["meta"] == {"step": 2}
+
+
+def test_synthetic_marker_is_found_above_and_copied(tmp_path: Path) -> None:
+    data = tmp_path / "Data" / "NIH"
+    (data / "images_001").mkdir(parents=True)
+    assert not is_synthetic(data, None) and synthetic_marker(data) is None
+    mark_synthetic(data, "made by refers synth")
+    assert synthetic_marker(data / "images_001" / "x.png") == data / SYNTHETIC_MARKER
+    assert is_synthetic(None, data / "images_001")
+    out = tmp_path / "out"
+    stamp_synthetic(out, synthetic_marker(data))
+    assert (out / SYNTHETIC_MARKER).read_text(encoding="utf-8") == "made by refers synth\n"
+    stamp_synthetic(tmp_path / "real", None)
+    assert not (tmp_path / "real").exists()
+
+
+def test_errors_carry_their_exit_code_and_location() -> None:
+    assert UserError("bad flag", exit_code=2).exit_code == 2
+    assert UserError("bad data").exit_code == 1
+    error = ListFormatError("train.txt", 7, "expected 14 labels")
+    assert str(error) == "train.txt:7: expected 14 labels" and error.line_number == 7
