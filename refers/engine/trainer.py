@@ -7,11 +7,14 @@ non-finite loss or a signal says to the user). The trainer owns everything else:
 * the step (:class:`~refers.engine.step.OptimStep`: gradient accumulation with DDP's ``no_sync``,
   the fp16 scaler, clipping, optimiser then schedule);
 * DDP wrapping and ``--compile`` (in place, so state-dict keys and checkpoints stay as they are);
-* the non-finite stop: each step's loss is checked on the device; at the task's read steps (before
-  the update, one collective for loss, non-finite flag and signal) and before every checkpoint the
-  ranks agree, and the run stops without saving the poisoned state;
-* SIGTERM/SIGINT: the run saves its resume state at the next step boundary, then exits with
-  128 + signal (one process reacts at once; several agree at read steps);
+* the non-finite stop: each step's loss is checked on the device; at the task's read steps and at
+  every checkpoint step (before the update; one collective for loss, non-finite flag and signal)
+  the ranks agree, and the run stops without saving the poisoned state;
+* the order of a checkpoint step: update, the task's validation (which may stop the run, e.g.
+  early stopping), then the resume state (so it holds the validation's decision);
+* SIGTERM/SIGINT: the run saves its resume state at the next step boundary (after that step's
+  validation when one is due, so a resumed run misses none), then exits with 128 + signal (one
+  process reacts at once; several agree at read steps);
 * exact resume: model, optimiser (incl. Lookahead), schedule, scaler, the RNG of every rank, the
   data position and the task's own state (e.g. early stopping), written atomically;
 * the progress bar.
