@@ -78,3 +78,77 @@ def test_errors_carry_their_exit_code_and_location() -> None:
     assert UserError("bad data").exit_code == 1
     error = ListFormatError("train.txt", 7, "expected 14 labels")
     assert str(error) == "train.txt:7: expected 14 labels" and error.line_number == 7
+
+
+# --- the one checkpoint opener: every broken file is one line naming it -----------------------------------------
+
+
+def _broken_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    import argparse
+
+    import numpy as np
+    from safetensors.torch import save_file
+
+    good = atomic_torch_save({"w": torch.ones(500)}, folder / "good.pth")
+    files = {
+        "empty": (folder / "empty.pth", "is empty (0 bytes)"),
+        "text": (folder / "text.bin", "holds text, not weights"),
+        "html": (folder / "page.pth", "holds an HTML page, not weights"),
+        "truncated": (folder / "half.pth", "is truncated or damaged"),
+        "unsafe": (folder / "unsafe.pth", "holds Python objects other than tensors"),
+        "safetensors": (folder / "half.safetensors", "is not a valid safetensors file"),
+        "npz": (folder / "objects.npz", "holds pickled Python objects"),
+    }
+    files["empty"][0].write_bytes(b"")
+    files["text"][0].write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\n")
+    files["html"][0].write_text("<!DOCTYPE html><html><body>Sign in</body></html>")
+    files["truncated"][0].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    torch.save({"args": argparse.Namespace(lr=0.1)}, files["unsafe"][0])
+    save_file({"w": torch.ones(10)}, str(folder / "whole.safetensors"))
+    files["safetensors"][0].write_bytes((folder / "whole.safetensors").read_bytes()[:30])
+    np.savez(files["npz"][0], **{"embedding/kernel": np.array([{"code": 1}], dtype=object)})  # read first by timm
+    return files
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "html", "truncated", "unsafe", "safetensors"])
+def test_every_broken_checkpoint_is_one_line_naming_the_file(tmp_path: Path, kind: str) -> None:
+    from refers.base.checkpoints import CheckpointError, UnsafeCheckpointError
+
+    path, expected = _broken_files(tmp_path)[kind]
+    with pytest.raises(CheckpointError) as info:
+        safe_load(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and expected in message and "\n" not in message
+    assert isinstance(info.value, UnsafeCheckpointError) == (kind == "unsafe")
+    assert info.value.exit_code == 1
+
+
+def test_a_numpy_file_with_pickled_objects_is_refused_by_the_encoder_loader(tmp_path: Path) -> None:
+    from refers.base.checkpoints import UnsafeCheckpointError
+    from refers.models.vit import build_vit
+    from refers.models.weights import load_encoder_weights
+
+    path, expected = _broken_files(tmp_path)["npz"]
+    with pytest.raises(UnsafeCheckpointError, match=expected):
+        load_encoder_weights(build_vit("ViT-nano_8", 32, num_classes=1), path)
+
+
+def test_commands_given_a_broken_checkpoint_print_one_line(tmp_path: Path, capsys) -> None:
+    from refers.cli.export import main as export_main
+    from refers.cli.finetune import main as finetune_main
+    from refers.cli.test import main as evaluate_main
+
+    from tests.finetune_helpers import make_dataset
+
+    files = _broken_files(tmp_path)
+    lists, data = make_dataset(tmp_path / "shenzhen", "Shenzhen_Tuberculosis")
+    for main, argv, kind in [
+        (export_main, [str(files["truncated"][0]), "--out", str(tmp_path / "e.pth")], "truncated"),
+        (evaluate_main, ["--pretrained_dir", str(files["empty"][0]), "--results_dir", str(tmp_path / "r")], "empty"),
+        (finetune_main, ["--name", "x", "--dataset", "Shenzhen_Tuberculosis", "--pretrained_dir", str(files["html"][0]),
+                         "--output_dir", str(tmp_path / "o"), "--model_type", "ViT-nano_8", "--img_size", "32",
+                         "--list_dir", str(lists), "--data_root", str(data), "--num_workers", "0"], "html"),
+    ]:
+        assert main(argv) == 1, kind
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and files[kind][1] in err and str(files[kind][0]) in err, err

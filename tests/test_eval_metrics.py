@@ -188,7 +188,8 @@ def test_prediction_reader_takes_tabs_and_crlf_and_rejects_bad_lines(tmp_path):
     labels, probs = read_prediction_file(path)
     assert labels.tolist() == [1.0, 0.0] and probs.tolist() == [0.916, 0.5]
     for body, line, message in [("0.0 0.3\n1.0 high\n", 2, "not numbers"), ("0.0 0.3 7\n", 1, "found 3 fields"),
-                                ("2.0 0.3\n", 1, "not 0 or 1"), ("0.0 nan\n", 1, "not finite"), ("\n", 1, "no prediction rows")]:
+                                ("2.0 0.3\n", 1, "not 0 or 1"), ("0.0 nan\n", 1, "not between 0 and 1"),
+                                ("1 7.5\n", 1, "'7.5' is not between 0 and 1"), ("0 0.2\n1 -3\n", 2, "'-3' is not between 0 and 1"), ("\n", 1, "no prediction rows")]:
         path.write_text(body)
         with pytest.raises(ListFormatError, match=f"covid_others.txt:{line}: .*{message}"):
             read_prediction_file(path)

@@ -34,7 +34,7 @@ def test_paths_with_spaces_when_label_count_known(tmp_path):
     [
         ("a.png 0 1\nb.png 0\n", ":2: expected 2 labels"),
         ("a.png 0 x\n", ":1: label 'x' is not a number"),
-        ("a.png 0 nan\n", ":1: label 'nan' is not finite"),
+        ("a.png 0 nan\n", ":1: label 'nan' is not 0 or 1"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path, content, expected):
@@ -89,3 +89,32 @@ def test_reads_every_published_list_unchanged(folder, columns):
         assert set(np.unique(items.labels)) <= {0.0, 1.0}
     if columns == 2:  # one-hot: exactly one positive column per line
         assert (items.labels.sum(axis=1) == 1).all()
+
+
+# --- hostile list files (issue 14): one clear line naming the file and the line ---------------------------------
+
+
+@pytest.mark.parametrize("content, num_labels, one_hot, expected", [
+    (b"a.png 0 1\nb.png 1 \xff0\n", None, False, ":2: byte 0xff at column 9 is not UTF-8; save the file as UTF-8"),
+    (b"a.png 0 1\nb.png -1 0\n", None, False, ":2: label '-1' is not 0 or 1"),
+    (b"a.png 0 1\nb.png 0.5 0\n", 2, False, ":2: label '0.5' is not 0 or 1"),
+    (b"a.png 0 1\nb.png 1 1\n", 2, True, ":2: one-hot labels '1 1' must hold exactly one 1"),
+    (b"a.png 0 1\nb.png 0 0\n", 2, True, ":2: one-hot labels '0 0' must hold exactly one 1"),
+    (b"a.png 0 1\nb.png 1 0\na.png 0 1\n", 2, False, ":3: image a.png is listed twice (lines 1 and 3)"),
+    (b"a.png 0 1 0\n", 2, False, ":1: expected 2 labels after the image path, found 3"),
+    (b"0 1\n", 2, False, ":1: expected an image path and 2 labels, found 2 fields (no image path, or 1 too few)"),
+])
+def test_hostile_list_lines_are_named(tmp_path, content, num_labels, one_hot, expected):
+    path = tmp_path / "train.txt"
+    path.write_bytes(content)
+    with pytest.raises(ListFormatError) as info:
+        read_list(path, num_labels=num_labels, one_hot=one_hot)
+    assert str(info.value) == f"{path}{expected}"
+
+
+def test_a_byte_order_mark_and_any_line_end_are_accepted(tmp_path):
+    path = tmp_path / "test.txt"
+    path.write_bytes(b"\xef\xbb\xbfimages_001/a b.png 0 1\r\nimages_001/c.png 1 0\rimages_001/d.png 0 1")
+    listed = read_list(path, num_labels=2, one_hot=True)
+    assert listed.paths == ["images_001/a b.png", "images_001/c.png", "images_001/d.png"]  # no BOM glued to the first path
+    assert listed.labels.tolist() == [[0, 1], [1, 0], [0, 1]] and listed.line_numbers.tolist() == [1, 2, 3]

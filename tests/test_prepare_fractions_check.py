@@ -96,7 +96,7 @@ def test_check_reports_every_problem_with_file_and_line(tmp_path, capsys):
     train = lists / "train.txt"
     assert "train (train.txt): 6 lines, 1 missing, 1 unreadable, 1 duplicated, 1 bad lines" in out
     assert f"{train}:2: image not found: CHNCXR_0009_0.png" in out
-    assert f"{train}:3: expected an image path and 2 labels, found 1" in out
+    assert f"{train}:3: expected an image path and 2 labels, found 2 fields (no image path, or 1 too few)" in out
     assert f"{train}:4: CHNCXR_0001_0.png already on line 1" in out
     assert f"{train}:6: cannot read image" in out
     assert "patient overlap: 1 patient(s) in both train and test, e.g. CHNCXR_0004" in out

@@ -18,6 +18,7 @@ import numpy as np
 
 from refers.base.atomic import atomic_write_text
 from refers.base.errors import ListFormatError
+from refers.base.text_files import text_lines
 from refers.data.registry import SPLIT_ALIASES
 
 
@@ -54,24 +55,28 @@ def _parse_label(token: str, path: Path, line_number: int) -> float:
         value = float(token)
     except ValueError:
         raise ListFormatError(path, line_number, f"label {token!r} is not a number") from None
-    if not np.isfinite(value):
-        raise ListFormatError(path, line_number, f"label {token!r} is not finite")
+    if value not in (0.0, 1.0):
+        raise ListFormatError(path, line_number, f"label {token!r} is not 0 or 1")
     return value
 
 
-def read_list(path: str | os.PathLike, num_labels: int | None = None) -> ImageList:
+def read_list(path: str | os.PathLike, num_labels: int | None = None, one_hot: bool = False) -> ImageList:
     """Read a list file.
 
     Args:
-        path: the list file.
+        path: the list file (UTF-8, a byte-order mark and any line ending accepted).
         num_labels: the expected number of label columns. With it, the labels are the last
             ``num_labels`` tokens and everything before them is the path (so paths may contain
             spaces); a line with another count is an error. Without it, the first token is the
             path and every line must have as many labels as the first one.
+        one_hot: the labels are a one-hot row (the binary datasets' ``negative positive``
+            columns): exactly one 1 per line.
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ListFormatError: for a malformed line (file and line number in the message).
+        ListFormatError: for a malformed line (file and line number in the message): a byte that
+            is not UTF-8, a wrong number of labels, a label other than 0 or 1, a contradictory
+            one-hot row, an image listed twice (both lines named).
     """
     path = Path(path)
     if not path.is_file():
@@ -79,30 +84,64 @@ def read_list(path: str | os.PathLike, num_labels: int | None = None) -> ImageLi
     paths: list[str] = []
     rows: list[list[float]] = []
     line_numbers: list[int] = []
+    first_line: dict[str, int] = {}
     expected = num_labels
-    with open(path, encoding="utf-8", newline=None) as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            tokens = line.split()
-            if expected is None:
-                expected = len(tokens) - 1
-            if num_labels is not None:
-                if len(tokens) < num_labels + 1:
-                    raise ListFormatError(path, line_number, f"expected an image path and {num_labels} labels, found {len(tokens)} fields")
-                image = " ".join(tokens[: len(tokens) - num_labels])
-                label_tokens = tokens[len(tokens) - num_labels:]
-            else:
-                if len(tokens) - 1 != expected:
-                    raise ListFormatError(path, line_number, f"expected {expected} labels like the first line, found {len(tokens) - 1}")
-                image, label_tokens = tokens[0], tokens[1:]
-            paths.append(image)
-            rows.append([_parse_label(t, path, line_number) for t in label_tokens])
-            line_numbers.append(line_number)
+    for line_number, raw in text_lines(path):
+        tokens = raw.split()
+        if not tokens:
+            continue
+        if expected is None:
+            expected = len(tokens) - 1
+        image, row = parse_list_line(tokens, path, line_number, num_labels, expected, one_hot)
+        if image in first_line:
+            raise ListFormatError(path, line_number, f"image {image} is listed twice (lines {first_line[image]} and {line_number})")
+        first_line[image] = line_number
+        paths.append(image)
+        rows.append(row)
+        line_numbers.append(line_number)
     width = expected or 0
     labels = np.asarray(rows, dtype=np.float32).reshape(len(rows), width)
     return ImageList(paths, labels, np.asarray(line_numbers, dtype=np.int32), path)
+
+
+def parse_list_line(tokens: list[str], path: str | os.PathLike, line_number: int, num_labels: int | None,
+                    expected: int, one_hot: bool = False) -> tuple[str, list[float]]:
+    """(image path, labels) of one list line's whitespace-separated tokens (see :func:`read_list`).
+
+    Raises:
+        ListFormatError: a wrong number of labels, a label other than 0 or 1, a contradictory one-hot row.
+    """
+    image, label_tokens = _split_line(tokens, num_labels, expected, Path(path), line_number)
+    row = [_parse_label(t, path, line_number) for t in label_tokens]
+    if one_hot and sum(row) != 1:
+        raise ListFormatError(path, line_number, f"one-hot labels {' '.join(label_tokens)!r} must hold exactly one 1")
+    return image, row
+
+
+def _split_line(tokens: list[str], num_labels: int | None, expected: int, path: Path, line_number: int) -> tuple[str, list[str]]:
+    """(image path, label tokens) of one line's tokens; a wrong count is named as such."""
+    if num_labels is None:
+        if len(tokens) - 1 != expected:
+            raise ListFormatError(path, line_number, f"expected {expected} labels like the first line, found {len(tokens) - 1}")
+        return tokens[0], tokens[1:]
+    if len(tokens) < num_labels + 1:
+        raise ListFormatError(path, line_number, f"expected an image path and {num_labels} labels, found {len(tokens)} fields "
+                                                 f"({'no image path, or ' if len(tokens) == num_labels else ''}"
+                                                 f"{num_labels + 1 - len(tokens)} too few)")
+    path_tokens = tokens[: len(tokens) - num_labels]
+    extra = 0
+    while extra < len(path_tokens) - 1 and _is_label(path_tokens[-1 - extra]):
+        extra += 1
+    if extra:  # "x.png 0 1 ... 0" with one label too many: the label would be glued onto the path
+        raise ListFormatError(path, line_number, f"expected {num_labels} labels after the image path, found {num_labels + extra}")
+    return " ".join(path_tokens), tokens[len(tokens) - num_labels:]
+
+
+def _is_label(token: str) -> bool:
+    try:
+        return float(token) in (0.0, 1.0)
+    except ValueError:
+        return False
 
 
 def find_split_file(list_dir: str | os.PathLike, split: str) -> Path:

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from refers.base.errors import ListFormatError
+from refers.base.text_files import text_lines
 from refers.base.atomic import atomic_write_text
 from refers.data.lists import format_label
 from refers.data.registry import safe_class_filename
@@ -69,23 +70,22 @@ def read_prediction_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
         raise FileNotFoundError(f"prediction file not found: {path}")
     labels: list[float] = []
     probs: list[float] = []
-    with open(path, encoding="utf-8", newline=None) as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            tokens = raw.split()  # any whitespace: space, tab, trailing \r
-            if not tokens:
-                continue
-            if len(tokens) != 2:
-                raise ListFormatError(path, line_number, f"expected '<label> <probability>', found {len(tokens)} fields")
-            try:
-                label, prob = float(tokens[0]), float(tokens[1])
-            except ValueError:
-                raise ListFormatError(path, line_number, f"not numbers: {raw.strip()!r}") from None
-            if label not in (0.0, 1.0):
-                raise ListFormatError(path, line_number, f"label {tokens[0]!r} is not 0 or 1")
-            if not np.isfinite(prob):
-                raise ListFormatError(path, line_number, f"probability {tokens[1]!r} is not finite")
-            labels.append(label)
-            probs.append(prob)
+    for line_number, raw in text_lines(path):
+        tokens = raw.split()  # any whitespace: space, tab
+        if not tokens:
+            continue
+        if len(tokens) != 2:
+            raise ListFormatError(path, line_number, f"expected '<label> <probability>', found {len(tokens)} fields")
+        try:
+            label, prob = float(tokens[0]), float(tokens[1])
+        except ValueError:
+            raise ListFormatError(path, line_number, f"not numbers: {raw.strip()!r}") from None
+        if label not in (0.0, 1.0):
+            raise ListFormatError(path, line_number, f"label {tokens[0]!r} is not 0 or 1")
+        if not 0.0 <= prob <= 1.0:  # NaN fails this too
+            raise ListFormatError(path, line_number, f"probability {tokens[1]!r} is not between 0 and 1")
+        labels.append(label)
+        probs.append(prob)
     if not labels:
         raise ListFormatError(path, 1, "no prediction rows")
     return np.asarray(labels, dtype=np.float64), np.asarray(probs, dtype=np.float64)

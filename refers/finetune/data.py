@@ -126,7 +126,8 @@ def fraction_file(list_dir: Path, split: str, volume: int, seed: int | None) -> 
 
 def read_targets(setup: DataSetup, path: Path) -> ImageList:
     """Read a list file and keep the target columns (labels [N, num_classes])."""
-    images = read_list(path, num_labels=setup.label_columns)
+    binary = setup.label_columns == 2 and setup.num_classes == 1  # "negative positive" one-hot columns
+    images = read_list(path, num_labels=setup.label_columns, one_hot=binary)
     images.labels = np.ascontiguousarray(images.labels[:, list(setup.target_columns)])
     return images
 

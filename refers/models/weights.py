@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from refers.base.checkpoints import safe_load
+from refers.base.checkpoints import reading_checkpoint, safe_load
 
 # Prefixes under which an image encoder is found in the known checkpoint layouts.
 ENCODER_PREFIXES = ("module.", "visual.vit.", "image_encoder.", "encoder.", "backbone.")
@@ -158,7 +158,8 @@ def load_encoder_weights(model: nn.Module, path: str | os.PathLike, load_head: b
         from timm.models.vision_transformer import _load_weights
 
         before = {k: v.clone() for k, v in target.items()}
-        _load_weights(model, str(path))
+        with reading_checkpoint(path):  # NumPy refuses pickled object arrays; a damaged file is one line
+            _load_weights(model, str(path))
         after = model.state_dict()
         changed = [k for k in after if not torch.equal(after[k], before[k])]
         return LoadReport("Google ViT .npz", len(changed), len(target), [])

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from PIL import Image
+
 from refers.base.errors import UnreadableImageError
-from refers.data.images import open_grey
+from refers.data.images import HIGH_BIT_DEPTH_MODES, open_grey
 from refers.base.errors import ListFormatError
+from refers.base.text_files import text_lines
+from refers.data.lists import parse_list_line
 from refers.data.mimic_lists import read_study_index
 from refers.data.registry import DatasetSpec
 from refers.prepare.common import parallel_map, read_csv
@@ -25,7 +29,6 @@ from refers.prepare.layout import locate_image
 from refers.prepare.splits import SPLITS, overlaps
 
 MAX_SHOWN = 20
-_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _MIMIC_LISTS = ("{}.txt", "{}_img_caption_patients.txt", "{}_img_captions_patients.txt", "{}_studies.jsonl")
 
 
@@ -77,24 +80,22 @@ def _patient_function(spec: DatasetSpec, image_root: Path):
 
 
 def _check_image_list(report: ListReport, spec: DatasetSpec, image_root: Path, patient_of) -> None:
-    with open(report.path, encoding="utf-8", errors="replace", newline=None) as handle:
-        lines = handle.read().split("\n")
-    for number, raw in enumerate(lines, start=1):
+    one_hot = spec.binary and spec.label_columns == 2
+    try:
+        lines = list(text_lines(report.path))
+    except ListFormatError as error:  # a byte that is not UTF-8: the rest of the file cannot be trusted
+        report.problem("bad lines", error.line_number, str(error).split(": ", 1)[-1])
+        return
+    for number, raw in lines:
         tokens = raw.split()
         if not tokens:
             continue
-        split_at = len(tokens)
-        while split_at > 1 and _NUMBER.match(tokens[split_at - 1]):
-            split_at -= 1
-        path, labels = " ".join(tokens[:split_at]), tokens[split_at:]
-        if len(labels) != spec.label_columns:
-            report.problem("bad lines", number, f"expected an image path and {spec.label_columns} labels, found {len(labels)}")
-            continue
-        if any(float(v) not in (0.0, 1.0) for v in labels):
-            report.problem("bad lines", number, f"labels must be 0/1, found {' '.join(labels)}")
-            continue
         try:
+            path, _ = parse_list_line(tokens, report.path, number, spec.label_columns, spec.label_columns, one_hot)
             found = locate_image(image_root, path)
+        except ListFormatError as error:
+            report.problem("bad lines", number, str(error).split(": ", 1)[-1])
+            continue
         except ValueError as error:
             report.problem("bad lines", number, str(error))
             continue
@@ -111,12 +112,15 @@ def _check_study_list(report: ListReport, image_root: Path) -> None:
         report.entries.append(Entry(study.line_number, study.folder, list(study.images), study.subject_id or study.folder))
 
 
-def _decode(path: Path) -> tuple[Path, str]:
+def _decode(path: Path) -> tuple[Path, str, bool]:
+    """(path, error message or "", whether it holds more than 8 bits of grey)."""
     try:
         open_grey(path)
+        with Image.open(path) as image:
+            high = image.mode in HIGH_BIT_DEPTH_MODES
     except (UnreadableImageError, OSError, ValueError) as error:
-        return path, str(error)
-    return path, ""
+        return path, str(error), False
+    return path, "", high
 
 
 def list_files(spec: DatasetSpec, lists: Path) -> list[tuple[str, Path]]:
@@ -168,7 +172,9 @@ def check_lists(
 
     if decode:
         unique = sorted({f for r in reports for e in r.entries for f in e.files})
-        failures = {p: m for p, m in parallel_map(_decode, unique, workers, "check images") if m}
+        decoded = list(parallel_map(_decode, unique, workers, "check images"))
+        failures = {p: m for p, m, _ in decoded if m}
+        high_bits = sorted(p for p, _, high in decoded if high)
         for report in reports:
             for entry in report.entries:
                 for path in entry.files:
@@ -178,6 +184,9 @@ def check_lists(
     print(f"lists {lists}, images {image_root}", file=stream)
     for report in reports:
         print(report.summary(), file=stream)
+    if decode and high_bits:  # not wrong: read scaled by their bit depth, but worth knowing
+        print(f"  {len(high_bits)} image(s) hold 16-bit grey (read scaled to 8 bits by their bit depth), e.g. {high_bits[0]}",
+              file=stream)
     wrong = False
     for report in reports:
         for text in report.problems[:MAX_SHOWN]:

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from refers.base.atomic import atomic_write_text
+from refers.base.text_files import text_lines
 from refers.data.lists import find_split_file, read_list
 from refers.prepare.common import PrepareError, Summary, ensure_new, made_by, write_dataset_yaml
 
@@ -62,8 +63,8 @@ def fraction_name(prefix: str, percent: float, seed: int | None = None) -> str:
 
 
 def _raw_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8", newline=None) as handle:
-        return [line.rstrip("\n") for line in handle]
+    lines = [text for _, text in text_lines(path)]
+    return lines[:-1] if lines and not lines[-1] else lines  # the empty piece after the last line end
 
 
 def write_fractions(

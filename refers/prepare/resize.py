@@ -18,7 +18,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from refers.data.images import DICOM_SUFFIXES, open_grey
+from refers.data.images import DICOM_SUFFIXES, IMAGE_ERRORS, open_grey
 from refers.base.atomic import atomic_write_text
 from refers.base.errors import UnreadableImageError
 from refers.prepare.common import PrepareError, Summary, parallel_map
@@ -69,7 +69,7 @@ def source_size(path: Path) -> tuple[int, int]:
             return image.size
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, SyntaxError) as error:
+    except IMAGE_ERRORS as error:
         raise UnreadableImageError(f"cannot read image {path}: {error}") from None
 
 
@@ -77,7 +77,7 @@ def _size_or_none(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as image:
             return image.size
-    except (OSError, ValueError, SyntaxError):
+    except IMAGE_ERRORS:
         return None
 
 
