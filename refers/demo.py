@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import yaml
 
 from refers.base.atomic import atomic_write_text
+from refers.config.engine import ConfigError, check_keys, dataclass_specs, read_yaml
 from refers.data.registry import FINETUNE_DATASETS, get_dataset
 from refers.base.paths import project_root
 
@@ -67,31 +68,48 @@ class Profile:
     """
 
     name: str
-    studies: int = 4000
-    image_size: int = 64
+    studies: int = field(default=4000, metadata={"spec": {"low": 50}})
+    image_size: int = field(default=64, metadata={"spec": {"low": 8}})
     pretrain_config: str = "configs/demo/pretrain.yaml"
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)
     sweep: str = "configs/sweep/demo.yaml"
-    percents: list[int] = field(default_factory=lambda: [1, 10])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    percents: list[int] = field(default_factory=lambda: [1, 10], metadata={"spec": {"low": 1, "high": 100, "open_high": True}})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"spec": {"low": 0}})
     shuffled: bool = False
-    downstream_studies: int = 2000
-    validations: int = 2
-    cpu_workers: int = 0
-    bootstrap: int = 1000
-    workers: int = 2
+    downstream_studies: int = field(default=2000, metadata={"spec": {"low": 1}})
+    validations: int = field(default=2, metadata={"spec": {"low": 1}})
+    cpu_workers: int = field(default=0, metadata={"spec": {"low": 0}})
+    bootstrap: int = field(default=1000, metadata={"spec": {"low": 1}})
+    workers: int = field(default=2, metadata={"spec": {"low": 1}})
 
 
 def load_profile(name: str, studies: int | None = None) -> Profile:
-    """``configs/demo/<name>.yaml`` as a :class:`Profile` (``studies`` overrides the file's)."""
-    path = project_root() / "configs" / "demo" / f"{name}.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    unknown = set(raw) - set(Profile.__dataclass_fields__)
-    if unknown:
-        raise DemoError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
-    profile = Profile(name=name, **{k: v for k, v in raw.items() if k != "name"})
+    """``configs/demo/<name>.yaml`` as a :class:`Profile` (``studies`` overrides the file's).
+
+    The profile is checked before any stage runs: its keys and values, its pre-training preset with
+    its overrides, and its sweep file.
+
+    Raises:
+        ConfigError: an unknown key (with the nearest one), a wrong type or range, a bad preset or sweep.
+    """
+    from refers.config import load_config
+    from refers.sweep import load_config as load_sweep
+
+    root = project_root()
+    path = root / "configs" / "demo" / f"{name}.yaml"
+    raw = read_yaml(path, "demo profile")
+    specs = dataclass_specs(Profile)
+    check_keys(raw, specs, str(path))
+    values = {key: specs[key].check(key, value, str(path)) for key, value in raw.items() if key != "name"}
     if studies is not None:
-        profile.studies = studies
+        values["studies"] = specs["studies"].check("--studies", studies)
+    profile = Profile(name=name, **values)
+    overrides = [str(item) for pair in profile.pretrain_overrides.items() for item in pair]
+    try:
+        load_config(root / profile.pretrain_config, overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: pretrain_config and pretrain_overrides: {error}") from None
+    load_sweep(root / profile.sweep)
     return profile
 
 

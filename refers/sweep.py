@@ -13,6 +13,12 @@ group (dataset, fraction, arm) the sweep
 
 Runs whose outputs already exist are skipped (and said so); every command is appended to
 ``<output_dir>/commands.log`` with its exit status, so any run can be repeated by hand.
+
+A sweep file is checked when it loads, before any run starts (``--dry-run`` too): its keys at every
+level, its ``train:``/``test:``/``search:`` flags against the fine-tuning schema
+(:mod:`refers.finetune.config`: a misspelt flag is refused with the nearest valid name, a wrong type
+or value with the allowed ones), and then every planned command is parsed as ``train.py`` /
+``test.py`` will parse it, presets included.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
-from refers.data.registry import get_dataset
 from refers.base.paths import project_root
+from refers.config.engine import ConfigError, Spec, check_keys, mapping, read_yaml
+from refers.data.registry import get_dataset
+from refers.finetune.config import DATA_VOLUMES, check_flag_values, parse_args
 
 # Keys a sweep file may hold at each level; anything else is a typo and is refused.
 TOP_KEYS = {"name", "workdir", "output_dir", "results_dir", "entry", "launcher", "execution", "seeds",
@@ -36,10 +42,16 @@ TOP_KEYS = {"name", "workdir", "output_dir", "results_dir", "entry", "launcher",
 LEVEL_KEYS = {"train", "test", "search", "seeds"}
 DATASET_KEYS = LEVEL_KEYS | {"fractions", "by_fraction"}
 FULL_DATA = 100  # the fraction that is the whole training list: one run (seed 0), no data seed
+TOP_SPECS = {"name": Spec(str), "workdir": Spec(str), "output_dir": Spec(str), "results_dir": Spec(str),
+             "entry": Spec(str, choices=("script", "module")), "execution": Spec(str, choices=("subprocess", "in-process"))}
+SEEDS = Spec(list, item=int, low=0)
+# Flags whose values the sweep writes itself, per run (names, folders, seeds from ``seeds:``).
+_OWN_FLAGS = {"--name", "--output_dir", "--log_dir", "--seed", "--data_seed", "--pretrained_dir", "--results_dir"}
+FRACTION = Spec(int, choices=DATA_VOLUMES)
 
 
-class SweepConfigError(ValueError):
-    """A sweep file that cannot be used; the message names the file and the key."""
+class SweepConfigError(ConfigError):
+    """A sweep file that cannot be used; the message names the file and the key (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -99,48 +111,20 @@ class SweepConfig:
 
 
 def _mapping(value: Any, where: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SweepConfigError(f"{where} must be a mapping, not {type(value).__name__}")
-    return dict(value)
+    try:
+        return mapping(value, where)
+    except ConfigError as error:
+        raise SweepConfigError(str(error)) from None
 
 
-def _check_keys(section: Mapping, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise SweepConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _deep_merge(base: dict, update: Mapping) -> dict:
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def read_sweep_file(path: str | os.PathLike, _depth: int = 0) -> dict[str, Any]:
+def read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
     """A sweep file as plain data, merged onto the file its ``_BASE_`` key names (relative to it).
 
     Raises:
         FileNotFoundError: the file (or a base) does not exist.
-        SweepConfigError: not YAML, not a mapping, or a ``_BASE_`` chain deeper than 10 (a cycle).
+        ConfigError: not YAML, not a mapping, or a ``_BASE_`` cycle.
     """
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"sweep file not found: {source}")
-    if _depth > 10:
-        raise SweepConfigError(f"{source}: _BASE_ chain deeper than 10 files (a cycle?)")
-    try:
-        raw = _mapping(yaml.safe_load(source.read_text(encoding="utf-8")), str(source))
-    except yaml.YAMLError as error:
-        raise SweepConfigError(f"{source}: not valid YAML: {error}") from None
-    base = raw.pop("_BASE_", None)
-    if base is None:
-        return raw
-    return _deep_merge(read_sweep_file(source.parent / str(base), _depth + 1), raw)
+    return read_yaml(path, what="sweep file")
 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
@@ -156,23 +140,23 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
 
     Raises:
         FileNotFoundError: no such file.
-        SweepConfigError: a malformed or unknown key, an unknown dataset, an empty grid.
+        SweepConfigError: a malformed or unknown key, a fine-tuning flag or value ``train.py`` would
+            refuse, an unknown dataset, an empty grid.
     """
     source = Path(path)
     raw = read_sweep_file(source)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    _check_keys(raw, TOP_KEYS, str(source))
+    try:
+        check_sweep(raw, str(source))
+    except ConfigError as error:
+        raise SweepConfigError(str(error)) from None
     root = project_root()
 
     def resolve(key: str, default: str) -> Path:
         return (root / Path(str(raw.get(key, default))).expanduser()).resolve()
 
-    entry = raw.get("entry", "script")
-    execution = raw.get("execution", "subprocess")
-    if entry not in ("script", "module"):
-        raise SweepConfigError(f"{source}: entry must be 'script' or 'module', not {entry!r}")
-    if execution not in ("subprocess", "in-process"):
-        raise SweepConfigError(f"{source}: execution must be 'subprocess' or 'in-process', not {execution!r}")
+    entry = raw.get("entry", SweepConfig.entry)
+    execution = raw.get("execution", SweepConfig.execution)
     launcher = raw.get("launcher") or [sys.executable]
     if isinstance(launcher, str):
         launcher = shlex.split(launcher)
@@ -182,9 +166,83 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
         output_dir=resolve("output_dir", f"runs/sweep/{source.stem}"), results_dir=resolve("results_dir", "Results_of_fine-tuning"),
         entry=entry, launcher=launcher, execution=execution, raw=raw,
     )
-    if not plan_training(config):
+    runs = plan_training(config)
+    if not runs:
         raise SweepConfigError(f"{source}: the grid is empty (no datasets, fractions or arms)")
+    check_commands(config, runs)
     return config
+
+
+def check_sweep(raw: Mapping[str, Any], where: str) -> None:
+    """The keys and values of a sweep file at every level (fine-tuning flags against their schema).
+
+    Raises:
+        ConfigError: naming the file, the section and the key.
+    """
+    check_keys(raw, TOP_KEYS, where)
+    for key, spec in TOP_SPECS.items():
+        if key in raw:
+            spec.check(key, raw[key], where)
+    if not isinstance(raw.get("launcher"), (str, type(None))):
+        Spec(list, item=str).check("launcher", raw["launcher"], where)
+    _check_level(raw, where, "")
+    for arm, section in _mapping(raw.get("arms"), f"{where}: arms").items():
+        _check_level(section, where, f"arms.{arm}", LEVEL_KEYS)
+    for name, section in _mapping(raw.get("datasets"), f"{where}: datasets").items():
+        at = f"datasets.{name}"
+        section = _check_level(section, where, at, DATASET_KEYS)
+        for percent in Spec(list).check(f"{at}.fractions", section.get("fractions", [FULL_DATA]), where):
+            FRACTION.check(f"{at}.fractions", percent, where)
+        for percent, level in _mapping(section.get("by_fraction"), f"{where}: {at}.by_fraction").items():
+            FRACTION.check(f"{at}.by_fraction", int(percent) if str(percent).isdigit() else percent, where)
+            _check_level(level, where, f"{at}.by_fraction.{percent}", LEVEL_KEYS)
+
+
+def _check_level(level: Any, where: str, path: str, keys: set[str] | None = None) -> dict:
+    """One level of a sweep file (the top, an arm, a dataset, a fraction): its keys, ``seeds``, and
+    its ``train``/``test`` flags and ``search`` candidates against the fine-tuning schema."""
+    at = (lambda key: f"{where}: {path}.{key}") if path else (lambda key: f"{where}: {key}")
+    level = _mapping(level, f"{where}: {path}" if path else where)
+    if keys is not None:
+        check_keys(level, keys, f"{where}: {path}")
+    if "seeds" in level:
+        SEEDS.check(f"{path}.seeds" if path else "seeds", level["seeds"], where)
+    for key in ("train", "test"):
+        check_flag_values(level.get(key), at(key))
+    search = level.get("search")
+    if isinstance(search, (list, tuple)):
+        for i, point in enumerate(search):
+            if not isinstance(point, Mapping):
+                raise ConfigError(f"{at('search')}: a search list must hold mappings (one per candidate)")
+            check_flag_values(point, f"{at('search')}[{i}]")
+    elif search is not None:
+        for key, values in _mapping(search, at("search")).items():
+            for value in values if isinstance(values, (list, tuple)) else [values]:
+                check_flag_values({key: value}, at("search"))
+    return level
+
+
+def check_commands(config: SweepConfig, runs: Iterable[Run]) -> None:
+    """Parse every planned command as ``train.py`` / ``test.py`` will (presets, defaults that depend
+    on other flags, rules across flags), so that no run fails on its flags after others have run.
+
+    Raises:
+        SweepConfigError: naming the run and what its command line gets wrong.
+    """
+    seen = set()
+    for run in runs:
+        test = plan_test(config, run, run.run_dir / "checkpoint.bin")
+        for planned, stage in ((run, "train"), (test, "test")):
+            # Runs that differ only in what the sweep writes itself (checked above) parse alike.
+            key = (planned.dataset, stage, *(a if i == 0 or planned.args[i - 1] not in _OWN_FLAGS else "*"
+                                             for i, a in enumerate(planned.args)))
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                parse_args(in_process_argv(planned)[1:], "refers finetune", stage, workdir=config.workdir, exit_on_error=False)
+            except ConfigError as error:
+                raise SweepConfigError(f"{config.source}: {planned.label}: {error}") from None
 
 
 def flags(values: Mapping[str, Any]) -> list[str]:
@@ -249,8 +307,6 @@ def _levels(config: SweepConfig, dataset: str, percent: int, arm: str) -> list[d
     by_fraction = {int(k): v for k, v in _mapping(ds.get("by_fraction"), f"{where}: datasets.{dataset}.by_fraction").items()}
     fraction = _mapping(by_fraction.get(percent), f"{where}: datasets.{dataset}.by_fraction.{percent}")
     arm_section = _mapping(_mapping(raw.get("arms"), f"{where}: arms").get(arm), f"{where}: arms.{arm}")
-    _check_keys(fraction, LEVEL_KEYS, f"{where}: datasets.{dataset}.by_fraction.{percent}")
-    _check_keys(arm_section, LEVEL_KEYS, f"{where}: arms.{arm}")
     return [raw, ds, fraction, arm_section]
 
 
@@ -286,7 +342,6 @@ def groups(config: SweepConfig) -> list[tuple[str, int, str]]:
         except KeyError as error:
             raise SweepConfigError(f"{config.source}: datasets: {error.args[0]}") from None
         section = _mapping(section, f"{config.source}: datasets.{name}")
-        _check_keys(section, DATASET_KEYS, f"{config.source}: datasets.{name}")
         if spec.name != name:  # keep one spelling, so that the sections are found again
             raise SweepConfigError(f"{config.source}: datasets: write {name!r} as {spec.name!r}")
         for percent in section.get("fractions", [FULL_DATA]):

@@ -1,4 +1,20 @@
-"""Shared test fixtures. Nothing here downloads: the hub is switched off for every test."""
+"""Shared test fixtures. Nothing here downloads: the hub is switched off for every test.
+
+Running the tests:
+
+    make test                                  # everything, slow tests included
+    python -m pytest -q -m "not slow"          # the quick loop: leaves out the end-to-end runs
+    python -m pytest -q -m slow                # only the slow ones
+
+``@pytest.mark.slow`` (registered in pyproject.toml) marks end-to-end runs of a whole command or of
+several processes: about 5 s or more each on an idle 2-core machine (the demo, DDP and torchrun
+launches, multi-step pre-training runs).
+
+Synthetic data that several files use (``refers synth`` output, the lists ``refers prepare`` makes
+of it, tiny fine-tuning datasets and pre-training studies) is built once per session by the fixtures of
+tests/shared_data.py and shared read-only; a test that changes it fails at teardown, so copy it
+into ``tmp_path`` first (``copy_shared``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +26,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.shared_data import finetune_datasets, prepared_lists, pretrain_studies, synth_root  # noqa: E402,F401 (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"

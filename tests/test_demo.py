@@ -43,6 +43,7 @@ def mean_auc_from_files(folder: Path) -> float:
     return float(np.mean(aucs))
 
 
+@pytest.mark.slow
 def test_data_stages(demo_out):
     for name in DATASETS:
         assert (demo_out / "Data" / name / "SYNTHETIC.txt").is_file()
@@ -57,6 +58,7 @@ def test_data_stages(demo_out):
         assert 0 < len(subset) < len(train) and set(subset.paths) <= set(train.paths)
 
 
+@pytest.mark.slow
 def test_pretraining_and_export(demo_out):
     assert (demo_out / "tokenizer" / "reports_bpe.model").is_file()
     assert list((demo_out / "pretrain" / "REFERS").glob("checkpoint_*.pth"))
@@ -66,6 +68,7 @@ def test_pretraining_and_export(demo_out):
     assert (demo_out / "generated_report.txt").read_text().strip()
 
 
+@pytest.mark.slow
 def test_finetuning_predictions_and_summary(demo_out):
     summary = json.loads((demo_out / "summary.json").read_text())
     assert summary["synthetic"] is True and summary["seconds"] > 0
@@ -92,6 +95,7 @@ def test_finetuning_predictions_and_summary(demo_out):
                and s["candidate"] in s["mean_val_auc"] for s in nih)
 
 
+@pytest.mark.slow
 def test_results_and_command_log(demo_out):
     with (demo_out / "results" / "mean_auc.csv").open() as handle:
         rows = list(csv.DictReader(handle))

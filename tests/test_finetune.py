@@ -18,16 +18,12 @@ from refers.cli.predict import main as predict_main
 from refers.cli.test import main as evaluate_main
 from refers.data.registry import get_dataset
 from refers.eval.predictions import read_prediction_file
-from tests.finetune_helpers import SIZES, make_dataset
+from tests.finetune_helpers import SIZES
 
-@pytest.fixture(scope="session")
-def datasets(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    root = tmp_path_factory.mktemp("ftdata")
-    return {
-        "Shenzhen_Tuberculosis": make_dataset(root / "shenzhen", "Shenzhen_Tuberculosis"),
-        "VinBigData_Chest_X-ray": make_dataset(root / "vinbig", "VinBigData_Chest_X-ray", seed=1),
-        "NIH_ChestX-ray": make_dataset(root / "nih", "NIH_ChestX-ray", nested=True, seed=2),
-    }
+@pytest.fixture
+def datasets(finetune_datasets) -> dict[str, tuple[Path, Path]]:
+    """The session's shared tiny datasets (tests/shared_data.py): read-only, copy before changing them."""
+    return finetune_datasets
 
 
 def common(datasets, dataset: str, out: Path, name: str = "run") -> list[str]:

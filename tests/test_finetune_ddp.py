@@ -63,11 +63,13 @@ def env_for_children() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def shenzhen(tmp_path_factory) -> tuple[Path, Path]:
-    return make_dataset(tmp_path_factory.mktemp("ddp") / "shenzhen", "Shenzhen_Tuberculosis")
+@pytest.fixture
+def shenzhen(finetune_datasets) -> tuple[Path, Path]:
+    """The session's shared tiny Shenzhen dataset (tests/shared_data.py); read-only."""
+    return finetune_datasets["Shenzhen_Tuberculosis"]
 
 
+@pytest.mark.slow
 def test_ddp_eval_exactly_once_and_shared_stopping(shenzhen, tmp_path):
     lists, data = shenzhen
     odd = tmp_path / "lists" / "test.txt"  # 11 images: the shards differ in size, nothing is padded
@@ -123,6 +125,7 @@ def original_checkpoint(path: Path) -> None:
     torch.save({k: v.half() for k, v in state.items()}, path)
 
 
+@pytest.mark.slow
 def test_readme_command_under_distributed_launch(shenzhen, tmp_path):
     """The COVID README command verbatim (steps, batch sizes, image size and model scaled down) then test.py."""
     lists, data = make_dataset(tmp_path / "covid", "COVID-19_Image_Data_Collection")

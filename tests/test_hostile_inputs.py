@@ -13,7 +13,7 @@ import pytest
 from refers.cli.finetune import main as finetune_main
 from refers.cli.prepare import main as prepare_main
 from refers.cli.test import main as evaluate_main
-from tests.finetune_helpers import make_dataset
+from tests.shared_data import copy_shared
 
 
 def _args(lists: Path, data: Path, out: Path) -> list[str]:
@@ -36,8 +36,11 @@ def _one_error_line(err: str, *expected: str) -> None:
 
 
 @pytest.fixture
-def shenzhen(tmp_path) -> tuple[Path, Path]:
-    return make_dataset(tmp_path / "data", "Shenzhen_Tuberculosis")
+def shenzhen(finetune_datasets, tmp_path) -> tuple[Path, Path]:
+    """A private, writable copy of the session's tiny Shenzhen dataset (these tests edit its lists)."""
+    lists, _ = finetune_datasets["Shenzhen_Tuberculosis"]
+    root = copy_shared(lists.parent, tmp_path)
+    return root / "lists", root / "data"
 
 
 @pytest.mark.parametrize("bad_line, message", [

@@ -1,4 +1,5 @@
-"""Every ``refers prepare`` command on the synthetic datasets of ``refers synth`` (generated once per session).
+"""Every ``refers prepare`` command on the synthetic datasets of ``refers synth`` (generated once per session,
+tests/shared_data.py).
 
 Expected outputs are computed here from the raw files with the csv module, independently of the code
 under test.
@@ -23,36 +24,22 @@ from refers.data.registry import NIH_CLASSES, VINBIG_CLASSES
 from refers.prepare import resize
 from refers.prepare.common import image_root_of, read_dataset_yaml
 from refers.prepare.layout import locate_image
+from tests.shared_data import PREPARE_COMMANDS, copy_shared
 
 SPLITS = ("train", "val", "test")
-COMMANDS = {
-    "mimic": ("MIMIC-CXR", ["--short-side", "40", "--workers", "2"]),
-    "nih": ("NIH_ChestX-ray", ["--workers", "1"]),
-    "shenzhen": ("Shenzhen_Tuberculosis", []),
-    "covid": ("COVID-19_Image_Data_Collection", []),
-    "vinbig": ("VinBigData_Chest_X-ray", ["--scale", "0.5", "--workers", "2"]),
-}
+COMMANDS = PREPARE_COMMANDS
 
 
-@pytest.fixture(scope="session")
-def synth(tmp_path_factory) -> Path:
-    from refers.cli.synth import main as synth_main
-
-    out = tmp_path_factory.mktemp("synth")
-    assert synth_main(["--out", str(out), "--studies", "60", "--image-size", "64", "--no-progress"]) == 0
-    return out
+@pytest.fixture
+def synth(synth_root) -> Path:
+    """The session's shared ``refers synth`` output (tests/shared_data.py); read-only."""
+    return synth_root
 
 
-@pytest.fixture(scope="session")
-def prepared(synth, tmp_path_factory) -> Path:
-    """Lists of every dataset, made with the defaults plus small image sizes."""
-    out = tmp_path_factory.mktemp("prepared")
-    for command, (folder, extra) in COMMANDS.items():
-        args = [command, "--root", str(synth / folder), "--out", str(out / folder), *extra]
-        if command in ("mimic", "vinbig"):
-            args += ["--images-out", str(out / "images" / folder)]
-        assert main(args) == 0, command
-    return out
+@pytest.fixture
+def prepared(prepared_lists) -> Path:
+    """Lists of every dataset, made with the defaults plus small image sizes (shared, read-only)."""
+    return prepared_lists
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -97,7 +84,7 @@ def test_mimic_studies_views_and_sizes(synth, prepared):
     assert seen == set(split_of)  # every synthetic study has a report with findings or impression
 
 
-def test_nih_labels_and_splits_match_the_csv(synth, prepared):
+def test_nih_labels_and_splits_match_the_csv(synth, prepared, tmp_path):
     root, lists = synth / "NIH_ChestX-ray", _lists(prepared / "NIH_ChestX-ray", 14)
     with open(root / "Data_Entry_2017.csv", newline="") as handle:
         rows = list(csv.reader(handle))[1:]
@@ -109,12 +96,12 @@ def test_nih_labels_and_splits_match_the_csv(synth, prepared):
         assert locate_image(root, path) is not None and path.split("/")[0].startswith("images_")
     patients = {s: {Path(p).name.split("_")[0] for p in lists[s]} for s in SPLITS}
     assert not (patients["train"] & patients["val"]) and not (patients["train"] & patients["test"]) and not (patients["val"] & patients["test"])
-    out = prepared / "nih_official"
+    out = tmp_path / "nih_official"
     assert main(["nih", "--root", str(root), "--out", str(out), "--split", "official"]) == 0
     assert sorted(Path(p).name for p in _lists(out, 14)["test"]) == sorted((root / "test_list.txt").read_text().split())
 
 
-def test_vinbig_union_labels_pngs_and_resume(synth, prepared, monkeypatch, capsys):
+def test_vinbig_union_labels_pngs_and_resume(synth, prepared, tmp_path, monkeypatch, capsys):
     root, folder = synth / "VinBigData_Chest_X-ray", prepared / "VinBigData_Chest_X-ray"
     union = defaultdict(set)
     for row in _rows(root / "train.csv"):
@@ -136,7 +123,8 @@ def test_vinbig_union_labels_pngs_and_resume(synth, prepared, monkeypatch, capsy
     assert png.shape == (round(dicom.shape[0] / 2), round(dicom.shape[1] / 2))
     assert np.abs(png.astype(int) - expected).max() <= 1
 
-    # A run killed half-way, then run again: finished PNGs are kept, the rest written.
+    # A run killed half-way, then run again: finished PNGs are kept, the rest written (on a private copy).
+    folder, images = tmp_path / "lists", copy_shared(images, tmp_path)
     for path in sorted(images.glob("*.png"))[::2]:
         path.unlink()
     missing = len(sorted(images.glob("*.png")))
@@ -171,8 +159,8 @@ def test_covid_and_shenzhen_follow_the_raw_files(synth, prepared):
     assert all(l.tolist() == ([0, 1] if p.endswith("_1.png") else [1, 0]) for s in lists.values() for p, l in s.items())
 
 
-def test_fractions_on_synthetic_nih(prepared):
-    folder = prepared / "NIH_ChestX-ray"
+def test_fractions_on_synthetic_nih(prepared, tmp_path):
+    folder = copy_shared(prepared / "NIH_ChestX-ray", tmp_path)  # the fractions are written next to the lists
     assert main(["fractions", "--dataset", "nih", "--lists", str(folder), "--percent", "10", "--seeds", "0", "1"]) == 0
     train = read_list(folder / "train.txt", num_labels=14)
     for seed in (0, 1):

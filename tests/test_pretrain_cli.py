@@ -70,18 +70,17 @@ def pretrain_args(root: Path, run: Path, *extra: str, iterations: int = 4, gpus:
             "--num-gpus-per-machine", str(gpus), "--checkpoint-every", "2", "--log-every", "1", "--no-progress", *extra]
 
 
-@pytest.fixture(scope="module")
-def studies(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("studies")
-    make_studies(root)
-    return root
+@pytest.fixture
+def studies(pretrain_studies) -> Path:
+    """The session's shared studies made by :func:`make_studies` (tests/shared_data.py); read-only."""
+    return pretrain_studies
 
 
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
-def test_asking_for_missing_gpus_exits_2_and_says_what_to_pass(studies, tmp_path, capsys):
+def test_asking_for_missing_gpus_exits_2_and_says_what_to_pass(studies, tmp_path, capsys, monkeypatch):
     from refers.cli.pretrain import main
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # runs on GPU machines too
     assert main(pretrain_args(studies, tmp_path / "run", gpus=2)) == 2
     assert "--num-gpus-per-machine 0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # stopped before doing anything
@@ -98,6 +97,7 @@ def test_missing_bert_folder_and_bad_override_exit_2(studies, tmp_path, capsys):
     assert "did you mean 'OPTIM.LR'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pretrain_resume_export_and_generate(studies, tmp_path, capsys):
     from refers.cli import main as refers_main
     from refers.cli.pretrain import main
@@ -179,6 +179,7 @@ def test_spawned_processes_get_global_ranks_across_machines(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_torchrun_two_processes(studies, tmp_path):
     """Under torchrun (gloo): gathered ConVIRT negatives give the 1-process loss and gradients, and
     after DDP training steps both ranks hold identical weights."""

@@ -167,15 +167,20 @@ def test_lookahead_slow_weights_are_in_the_state_and_round_trip(tmp_path):
         m(data).pow(2).sum().backward()
         opt.step()
 
+    # The oracle: the inner optimiser alone (SGD, momentum 0.9), from the same start, on a copy.
+    reference = nn.Linear(4, 2)
+    reference.load_state_dict(model.state_dict())
+    plain = torch.optim.SGD(reference.parameters(), lr=settings.lr, momentum=settings.momentum)
     start = model.weight.detach().clone()
-    fast = model.weight.detach().clone()
     for _ in range(5):
-        fast_before = model.weight.detach().clone()
         step(model, optimizer)
-    # At step k the slow weights (initialised from the fast ones at that step) absorb alpha of the move.
+        step(reference, plain)
+    # At step k the slow weights are initialised from the fast ones at that step (timm's Lookahead),
+    # so the first sync moves nothing: after k steps the weights are exactly k plain SGD steps.
     slow = optimizer.state_dict()["state"][0]["lookahead_slow_buff"]
-    assert torch.equal(slow, model.weight.detach())
-    assert not torch.equal(slow, start) and not torch.equal(fast, fast_before)
+    assert torch.equal(slow, model.weight.detach()) and torch.equal(model.weight, reference.weight)
+    assert not torch.equal(slow, start)
+    slow_at_k = slow.clone()
     ts.atomic_torch_save({"optimizer": optimizer.state_dict(), "model": model.state_dict()}, tmp_path / "s.pth")
     saved = load(tmp_path / "s.pth")
     clone = nn.Linear(4, 2)
@@ -183,12 +188,20 @@ def test_lookahead_slow_weights_are_in_the_state_and_round_trip(tmp_path):
     clone_optimizer = build_optimizer(clone, settings)
     clone_optimizer.load_state_dict(saved["optimizer"])
     assert clone_optimizer.param_groups[0]["lookahead_step"] == 5
-    for _ in range(7):  # crosses the next slow update at step 10
+    for i in range(7):  # crosses the next slow update at step 10
         step(model, optimizer)
         step(clone, clone_optimizer)
+        step(reference, plain)  # the fast weights' path: the same SGD steps and momentum, no sync
+        if i == 4:  # step 10 = 2k: the slow weights absorb alpha of the fast weights' move since step k
+            expected = slow_at_k + settings.lookahead_alpha * (reference.weight.detach() - slow_at_k)
+            torch.testing.assert_close(model.weight.detach(), expected, rtol=1e-6, atol=1e-7)
+            assert not torch.allclose(model.weight, reference.weight)  # the sync pulled the weights back
+            torch.testing.assert_close(optimizer.state_dict()["state"][0]["lookahead_slow_buff"], expected,
+                                       rtol=1e-6, atol=1e-7)
     assert torch.equal(model.weight, clone.weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_continues_exactly(tmp_path, workers):
     cfg = toy_config(iterations=8)
@@ -280,6 +293,7 @@ def logged(call) -> tuple[object, list[str]]:
         logger.setLevel(level)
 
 
+@pytest.mark.slow
 def test_report_text_is_logged_only_with_log_text(tmp_path):
     code, quiet = logged(lambda: run(tmp_path / "quiet", toy_config(iterations=4)))
     assert code == 0 and any("val iter 4" in m for m in quiet) and not any("generated" in m for m in quiet)

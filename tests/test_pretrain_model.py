@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -45,9 +46,17 @@ def tiny_batch(batch: int = 4, caption_length: int = 10, seed: int = 0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def _pristine_tiny_model():
+    """Built once per module and never handed to a test: tests get a deep copy (:func:`tiny_model`)."""
     torch.manual_seed(0)
     return build_refers_model(load_config(None, TINY))
+
+
+@pytest.fixture
+def tiny_model(_pristine_tiny_model):
+    """A fresh tiny REFERS model for each test, so that one test's edits (weights, gradients, train or
+    eval mode) never reach another; a copy costs far less than a build."""
+    return copy.deepcopy(_pristine_tiny_model)
 
 
 # ---------------------------------------------------------------------------------- configuration
@@ -81,7 +90,7 @@ def test_overrides_are_parsed_by_the_type_of_the_default():
         (["MODEL.TEXTUAL.NAME", "lstm"], "transformer_postnorm"),
         (["DATA.PAD_INDEX", "2"], "distinct"),
         (["AMP.DTYPE", "fp8"], "AMP.DTYPE"),
-        (["OPTIM.OPTIMIZER_NAME", "adam"], "sgd or adamw"),
+        (["OPTIM.OPTIMIZER_NAME", "adam"], r"OPTIM.OPTIMIZER_NAME must be 'sgd' or 'adamw', got 'adam' \(did you mean 'adamw'\?\)"),
         (["MODEL.VISUAL.CONTRAST_POOLING", "max"], "CONTRAST_POOLING"),
         (["MODEL.TEXTUAL.CONTRAST_POOLING", "cls"], "'pooler' or 'mean'"),
     ],
@@ -321,6 +330,19 @@ def test_caption_padding_does_not_change_the_loss(tiny_model):
         first = tiny_model(batch)["components"]["caption"]
         batch["caption_ids"] = batch["caption_ids"].masked_fill(~batch["caption_mask"], 9)  # junk under the mask
         assert tiny_model(batch)["components"]["caption"].item() == pytest.approx(first.item(), rel=1e-6)
+
+
+def test_tiny_model_is_a_fresh_copy_for_every_test(tiny_model):
+    # Runs after tests that change the weights (the decoder's output bias), train it (gradients) and
+    # switch its mode: none of that may be visible here. The oracle is a model built from scratch.
+    torch.manual_seed(0)
+    built = build_refers_model(load_config(None, TINY))
+    assert tiny_model.training == built.training
+    assert all(module.training == built.training for module in tiny_model.modules())
+    assert all(p.grad is None for p in tiny_model.parameters())
+    assert tiny_model.state_dict().keys() == built.state_dict().keys()
+    for key, value in built.state_dict().items():
+        assert torch.equal(tiny_model.state_dict()[key], value), key
 
 
 def test_retrieval_vectors_are_normalised(tiny_model):

@@ -245,6 +245,7 @@ RECIPE = {
 }
 
 
+@pytest.mark.slow
 def test_published_predictions_reproduce_the_recipe_table(tmp_path, capsys):
     published = require_shared("original-Results_of_fine-tuning")
     out = tmp_path / "published"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from refers import sweep_runner
 from refers.cli.sweep import main
 from refers.sweep import candidates, flags, load_config, plan_training
 from refers.sweep_runner import best_validation_auc, checkpoint_path, select, result_summary_path
+from refers.finetune.train import CSV_FIELDS  # the header the real trainer writes
 
 GRID = {
     "name": "t",
@@ -101,10 +103,10 @@ def test_grid_size_and_precedence(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"bogus": 1}, "unknown key(s) bogus"),
+    ({"bogus": 1}, "unknown key 'bogus'; allowed: arms, datasets, entry"),
     ({"datasets": {"Nowhere": {}}}, "unknown dataset 'Nowhere'"),
     ({"datasets": {"nih": {}}}, "write 'nih' as 'NIH_ChestX-ray'"),
-    ({"datasets": {"NIH_ChestX-ray": {"fraction": [1]}}}, "unknown key(s) fraction"),
+    ({"datasets": {"NIH_ChestX-ray": {"fraction": [1]}}}, "datasets.NIH_ChestX-ray: unknown key 'fraction' (did you mean 'fractions'?)"),
     ({"entry": "other"}, "entry must be"),
     ({"datasets": {}}, "the grid is empty"),
     ({"search": [0.1, 0.3]}, "a search list must hold mappings"),
@@ -141,6 +143,22 @@ def fake_val_auc(arm: str, lr: float, seed: int) -> float:
     return table[(arm, lr)][seed % 2]
 
 
+def write_metrics_csv(path: Path, aucs: list[float | str]) -> None:
+    """A metrics CSV as the trainer writes it: its own header (CSV_FIELDS), one row per validation.
+
+    The AUC goes under the trainer's own column name (whatever CSV_FIELDS calls the mean validation
+    AUC), so a reader that looks for another name finds nothing and the test fails.
+    """
+    [auc_field] = [f for f in CSV_FIELDS if f.startswith("val_") and "auc" in f]  # exactly one
+    rows = []
+    for step, auc in enumerate(aucs, 1):
+        row = {field: "0" for field in CSV_FIELDS}
+        # the trainer writes f"{auc:.6f}" ("nan" when undefined); a string goes in as it is; best_auc is a decoy
+        row.update(step=str(step), **{auc_field: auc if isinstance(auc, str) else f"{auc:.6f}"}, best_auc="0.999000")
+        rows.append(",".join(row[field] for field in CSV_FIELDS))
+    path.write_text(",".join(CSV_FIELDS) + "\n" + "".join(line + "\n" for line in rows))
+
+
 def fake_command(calls: list[list[str]], fail: set[str] = frozenset()):
     """A stand-in for `refers finetune` / `refers test` run in-process."""
 
@@ -157,7 +175,7 @@ def fake_command(calls: list[list[str]], fail: set[str] = frozenset()):
             logs.mkdir(parents=True, exist_ok=True)
             (out / f"{name}_bestauc_checkpoint.bin").write_bytes(b"weights")
             auc = fake_val_auc(name.split("_")[2], float(option(args, "learning_rate")), int(option(args, "seed")))
-            (logs / "metrics.csv").write_text(f"step,val_loss,val_auc\n1,0.9,{auc - 0.1}\n2,0.8,{auc}\n")
+            write_metrics_csv(logs / "metrics.csv", [auc - 0.1, auc])
         else:
             dataset = argv[2]
             folder = Path(option(args, "results_dir")) / dataset / f"data{option(args, 'data_volume')}" / option(args, "method") / f"seed{option(args, 'seed')}"
@@ -252,8 +270,8 @@ def test_output_readers(tmp_path):
     logs = Path(option(run.args, "log_dir"))
     logs.mkdir(parents=True)
     assert best_validation_auc(run) is None
-    (logs / "metrics.csv").write_text("step,val_auc\n1,0.61\n2,\n3,0.72\n4,0.70\n")
-    assert best_validation_auc(run) == pytest.approx(0.72)
+    write_metrics_csv(logs / "metrics.csv", [0.61, "", 0.72, "nan", 0.70])
+    assert best_validation_auc(run) == pytest.approx(0.72)  # not best_auc's 0.999; blank and "nan" skipped
     assert checkpoint_path(run).name == f"{option(run.args, 'name')}_bestauc_checkpoint.bin"
     assert result_summary_path(load_config(small_grid(tmp_path)), run).parts[-5:-1] == ("NIH_ChestX-ray", "data1", "REFERS", "seed0")
 
@@ -303,16 +321,34 @@ def test_in_process_runs_each_log_to_their_own_file(tmp_path, monkeypatch):
 
 
 def test_parallel_jobs_get_their_own_device(tmp_path):
-    # Two subprocesses at a time, each job slot with its own CUDA_VISIBLE_DEVICES.
+    # Two subprocesses at a time, each job slot with its own CUDA_VISIBLE_DEVICES. The recorder
+    # notes its device and start time, then waits (up to 30 s) until two recorders have started:
+    # the first two jobs are then provably running at the same time, and must hold different GPUs.
     recorder = tmp_path / "rec.py"
-    recorder.write_text("import os, sys, pathlib\n"
-                        "pathlib.Path(f'{os.getpid()}.rec').write_text(os.environ.get('CUDA_VISIBLE_DEVICES', '-') + ' ' + sys.argv[-1])\n")
+    recorder.write_text(textwrap.dedent("""\
+        import os, sys, time, pathlib
+        here = pathlib.Path(".")
+        note = f"{os.environ.get('CUDA_VISIBLE_DEVICES', '-')} {time.time()!r} {sys.argv[-1]}"
+        (here / f"{os.getpid()}.tmp").write_text(note)
+        mine = (here / f"{os.getpid()}.tmp").rename(here / f"{os.getpid()}.rec")  # whole files only
+        deadline = time.time() + 30
+        while len(list(here.glob("*.rec"))) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        if len(list(here.glob("*.rec"))) < 2:
+            mine.write_text(note + " alone")
+        """))
     grid = {**GRID, "datasets": {"Shenzhen_Tuberculosis": {}}, "arms": {"scratch": {"train": {"init": "scratch"}}},
             "search": {"learning_rate": [0.1, 0.01, 0.001, 0.0001]}}
     config = load_config(write_grid(tmp_path, grid, launcher=["python", str(recorder)], workdir=str(tmp_path)))
     outcome = sweep_runner.run_sweep(config, jobs=2, devices=["0", "1"], print_fn=lambda line: None)
-    records = [p.read_text().split() for p in tmp_path.glob("*.rec")]
-    assert len(records) == 4 and {device for device, _ in records} <= {"0", "1"}
+    records = sorted((p.read_text().split() for p in tmp_path.glob("*.rec")), key=lambda r: float(r[1]))
+    assert len(records) == 4 and not [r for r in records if "alone" in r], records  # two ran at once
+    first, second = records[0][0], records[1][0]
+    assert {first, second} == {"0", "1"}, records  # the two concurrent jobs are on different GPUs
+    assert {device for device, *_ in records} == {"0", "1"}  # every job on one of the given devices
     # the recorder writes no checkpoint: four failed runs, and no candidate to test
     assert len(outcome.failures) == 5 and "Shenzhen_Tuberculosis 100% scratch: no candidate finished" in outcome.failures[-1]
-    assert config.log_path.read_text().count("CUDA_VISIBLE_DEVICES=") == 4
+    log = config.log_path.read_text()
+    assert log.count("CUDA_VISIBLE_DEVICES=") == 4
+    assert sorted(line.split()[0] for line in log.splitlines() if line.startswith("CUDA_VISIBLE_DEVICES=")) == \
+        sorted(f"CUDA_VISIBLE_DEVICES={device}" for device, *_ in records)  # the log names the device each job had

@@ -19,6 +19,7 @@ from sklearn.model_selection import cross_val_predict
 from refers.cli.synth import main
 from refers.data.registry import CHEXPERT_CLASSES, NIH_CLASSES, VINBIG_CLASSES
 from refers.data.synth import View, render_views, sample_patient
+from tests.shared_data import SYNTH_ARGS
 
 DATASETS = ("MIMIC-CXR", "NIH_ChestX-ray", "Shenzhen_Tuberculosis", "COVID-19_Image_Data_Collection",
             "VinBigData_Chest_X-ray")
@@ -29,11 +30,11 @@ def _run(out: Path, *extra: str) -> int:
     return main(["--out", str(out), "--no-progress", *extra])
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    assert _run(out, "--studies", "40", "--image-size", str(SIZE), "--seed", "3") == 0
-    return out
+@pytest.fixture
+def root(synth_root) -> Path:
+    """The session's shared ``refers synth`` output at SIZE px (tests/shared_data.py); read-only."""
+    assert f"--image-size {SIZE}" in " ".join(SYNTH_ARGS)
+    return synth_root
 
 
 def _gz_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -302,6 +303,7 @@ def test_image_statistics_separate_findings_and_their_side():
     assert roc_auc_score([1] * n + [0] * n, np.r_[dense_fraction(big), dense_fraction(normal)]) > 0.9
 
 
+@pytest.mark.slow
 def test_dataset_images_agree_with_labels_and_report_sides(tmp_path):
     assert _run(tmp_path, "--studies", "200", "--image-size", str(SIZE), "--datasets", "nih", "mimic", "--seed", "1") == 0
     # NIH: a linear probe on 24x24 thumbnails predicts the labels (cross-validated).

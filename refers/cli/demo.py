@@ -31,10 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.full and args.quick:
         raise UserError("--full and --quick exclude each other", exit_code=2)
-    if args.studies is not None and args.studies < 50:
-        raise UserError(f"--studies must be >= 50, got {args.studies}", exit_code=2)
     from refers.demo import DemoError, load_profile, run_demo
 
+    # checked before any stage runs (--studies, the profile, its presets and sweep): a ConfigError exits 2
     profile = load_profile("quick" if args.quick else "full" if args.full else "default", args.studies)
     try:
         run_demo(Path(args.out), profile, stream=not args.quiet)

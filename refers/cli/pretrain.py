@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--resume", choices=["auto"], default=None, help="same as --resume-from auto")
     parser.add_argument("--checkpoint-every", type=int, default=2000, help="iterations between checkpoints and validations")
     parser.add_argument("--log-every", type=int, default=20, help="iterations between log lines")
+    parser.add_argument("--keep-checkpoints", type=int, default=None, metavar="K",
+                        help="keep the last K checkpoint_{iteration}.pth, 0 = all (default: CHECKPOINT.KEEP_LAST, 3); "
+                             "the one resumed from is always kept")
+    parser.add_argument("--keep-every", type=int, default=None, metavar="N",
+                        help="also keep every checkpoint whose iteration is a multiple of N, 0 = none "
+                             "(default: CHECKPOINT.KEEP_EVERY, 0)")
     parser.add_argument("--no-flip", action="store_true", help="no horizontal flip (sets DATA.HORIZONTAL_FLIP false)")
     parser.add_argument("--log-text", action="store_true",
                         help="write a generated and a reference report to the log at each validation (off by default: "
@@ -67,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--machine-rank must be in 0..{args.num_machines - 1} (--num-machines {args.num_machines})", 2)
     if args.checkpoint_every < 1 or args.log_every < 1:
         raise UserError("--checkpoint-every and --log-every must be >= 1", 2)
+    for flag, value in (("--keep-checkpoints", args.keep_checkpoints), ("--keep-every", args.keep_every)):
+        if value is not None and value < 0:
+            raise UserError(f"{flag} must be a non-negative integer (0 = off), got {value}", 2)
     cfg = _load_config(args)
     torchrun = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
     gpus = _check_devices(args.num_gpus_per_machine, torchrun)
@@ -98,6 +107,9 @@ def _load_config(args: argparse.Namespace) -> Any:
     overrides = list(args.config_override)
     if args.no_flip:
         overrides += ["DATA.HORIZONTAL_FLIP", "false"]
+    for flag, key in (("keep_checkpoints", "CHECKPOINT.KEEP_LAST"), ("keep_every", "CHECKPOINT.KEEP_EVERY")):
+        if getattr(args, flag) is not None:  # the flag overrides the config's key
+            overrides += [key, str(getattr(args, flag))]
     try:
         return load_config(args.config, overrides)
     except ConfigError as error:

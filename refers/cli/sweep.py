@@ -33,15 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}", exit_code=2)
-    from refers.sweep import SweepConfigError, load_config
+    from refers.sweep import load_config
     from refers.sweep_runner import run_sweep
 
     overrides = {"output_dir": args.output_dir, "results_dir": args.results_dir,
                  "execution": "in-process" if args.in_process else None}
-    try:
-        config = load_config(args.config, overrides)
-    except SweepConfigError as error:
-        raise UserError(str(error), exit_code=2) from None
+    config = load_config(args.config, overrides)  # checked before anything runs: a ConfigError exits 2
     if config.execution == "in-process" and args.jobs != 1:
         raise UserError("in-process execution runs one command at a time: drop --jobs or --in-process", exit_code=2)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None

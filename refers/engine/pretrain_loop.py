@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from refers.engine import train_state as ts
+from refers.engine.checkpoint_retention import prune_checkpoints
 from refers.engine.distributed import DistInfo
 from refers.engine.optim import OptimSettings, build_optimizer, build_scheduler
 from refers.engine.precision import Precision, pretrain_precision
@@ -191,6 +192,9 @@ class PretrainRun:
 
     def saved(self, path: Path) -> None:
         log.info("saved %s", path)
+        # Only now that the new file is complete; never the checkpoint this run resumed from.
+        prune_checkpoints(self.folder, self.cfg.CHECKPOINT.KEEP_LAST, self.cfg.CHECKPOINT.KEEP_EVERY,
+                          saved=path, protect=[self.options.resume_from])
 
     def load_state(self, path: Path) -> dict[str, Any]:
         state = ts.load_state(path)

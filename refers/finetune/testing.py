@@ -16,7 +16,6 @@ from the checkpoint's metadata (:mod:`refers.finetune.model`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import warnings
@@ -33,7 +32,7 @@ from refers.base.synthetic import SYNTHETIC_MARKER
 from refers.engine.run_info import device_description, git_commit, package_versions
 from refers.eval.metrics import bootstrap_ci, mean_auc, per_class_auc
 from refers.eval.predictions import write_prediction_files
-from refers.finetune.config import to_plain
+from refers.finetune.config import FinetuneArgs, to_plain, with_checkpoint
 from refers.finetune.data import build_dataset, default_workers, resolve_data
 from refers.finetune.evaluate import evaluate
 from refers.finetune.model import load_finetuned
@@ -55,29 +54,10 @@ class TestOutcome:
     n_images: int
 
 
-def apply_metadata(args: argparse.Namespace, meta: dict) -> None:
-    """Fill the flags the user left unset from the checkpoint's metadata (then the defaults)."""
-    config = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
-    if args.dataset is None:
-        args.dataset = meta.get("dataset")
-    # Folders given at training time (stored absolute) are the test's too, unless given again.
-    args.list_dir = args.list_dir or config.get("list_dir")
-    args.data_root = args.data_root or config.get("data_root")
-    if args.dataset == "custom":
-        args.classes = args.classes or ",".join(meta.get("classes", []))
-    args.data_volume = args.data_volume or meta.get("data_volume") or 100
-    args.seed = args.seed if args.seed is not None else meta.get("seed", 42)
-    if args.data_seed is None:
-        args.data_seed = meta.get("data_seed")
-
-
-def run_test(args: argparse.Namespace, info: DistInfo) -> TestOutcome:
+def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
     """Evaluate ``args.pretrained_dir`` on the test list; rank 0 writes the outputs."""
     model, settings = load_finetuned(args.pretrained_dir, args.model_type, args.img_size, args.num_classes)
-    apply_metadata(args, settings["metadata"])
-    args.model_type, args.img_size = settings["model_type"], int(settings["img_size"])
-    if args.num_classes is None:
-        args.num_classes = int(settings["num_classes"])
+    args = with_checkpoint(args, settings)  # the flags left unset, from the checkpoint's metadata
     setup = resolve_data(args)
     test_file = find_split_file(setup.list_dir, "test")
     dataset, _ = build_dataset(setup, test_file, args.img_size, False, args.skip_bad_images, args.packed_cache)
@@ -104,7 +84,7 @@ def run_test(args: argparse.Namespace, info: DistInfo) -> TestOutcome:
     return outcome
 
 
-def write_outputs(outcome: TestOutcome, args: argparse.Namespace, setup, result, test_file: Path, info: DistInfo) -> None:
+def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_file: Path, info: DistInfo) -> None:
     """Prediction files, summary, ROC figure and run record (rank 0)."""
     folder = outcome.folder
     write_prediction_files(folder, setup.classes, result.labels, result.probs)
@@ -160,7 +140,7 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_roc(folder: Path, setup, args: argparse.Namespace, result) -> None:
+def write_roc(folder: Path, setup, args: FinetuneArgs, result) -> None:
     """ROC curves through the results tool's figure code (one panel per class)."""
     from refers.data.registry import safe_class_filename
     from refers.eval.figures import roc_figure

@@ -11,7 +11,8 @@ schedule, scaler, early stopping, data position and RNG states: a resumed run co
 batches). SIGTERM/SIGINT save the resume state at the next step boundary and exit with 128 + signal;
 ``--resume`` then continues to the same weights as an uninterrupted run.
 
-``args`` is never modified: derived values (the image size, absolute paths) are computed here.
+``args`` is never modified (the image size and absolute folders come resolved from
+:mod:`refers.finetune.config`).
 """
 
 from __future__ import annotations
@@ -92,17 +93,6 @@ def batch_sizes(args: argparse.Namespace, info: DistInfo) -> tuple[int, int]:
     return micro, max(1, args.eval_batch_size // info.world_size)
 
 
-def recorded_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The arguments as plain data, with the image size resolved and the list/data folders absolute
-    (so that ``test.py`` finds them from anywhere)."""
-    config = to_plain(args)
-    config["img_size"] = args.img_size or 224
-    for key in ("list_dir", "data_root"):
-        if getattr(args, key):
-            config[key] = str(Path(getattr(args, key)).resolve())
-    return dict(sorted(config.items()))
-
-
 def metadata(config: dict[str, Any], setup: DataSetup, step: int, **scores: float) -> dict[str, Any]:
     """Plain-data description of a fine-tuned checkpoint (see :mod:`refers.finetune.model`)."""
     return {"dataset": setup.dataset, "classes": list(setup.classes), "num_classes": setup.num_classes,
@@ -127,8 +117,9 @@ class FinetuneRun:
 
     def __init__(self, args: argparse.Namespace, info: DistInfo, argv: Sequence[str] = ()):
         self.args, self.info, self.argv = args, info, list(argv)
-        self.config = recorded_config(args)
-        self.img_size = self.config["img_size"]
+        # args: frozen; img_size and the absolute folders are filled in by finetune.config.resolve
+        self.config = to_plain(args)
+        self.img_size = args.img_size
         self.paths = checkpoint_paths(args)
         self._build_data()
         self._build_model()

@@ -3,7 +3,8 @@
 A run's configuration is the schema below, then a YAML file (which may name a ``_BASE_`` YAML it
 extends, relative to itself), then ``KEY VALUE`` overrides from the command line, e.g.
 ``["OPTIM.NUM_ITERATIONS", "20", "OPTIM.BATCH_SIZE", "4"]``. Values are parsed by the type of
-the default; unknown keys are errors that name the key. Key names are the original REFERS ones
+the default and checked against the key's rules below (allowed values, range); unknown keys are
+errors that name the key and the nearest known one (:mod:`refers.config.engine`). Key names are the original REFERS ones
 (``RANDOM_SEED``, ``DATA.IMAGE_CROP_SIZE``, ``OPTIM.LR`` ...); the original's spellings of keys
 that moved (``OPTIM.SGD_MOMENTUM``, ``OPTIM.LOOKAHEAD_STEPS`` ...) are accepted as aliases.
 
@@ -21,6 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import yaml
 
 from refers.base.paths import project_root
+from refers.config.engine import ConfigError, Spec, did_you_mean, flatten, read_yaml, spec_of_default
 
 
 def _schema() -> dict[str, Any]:
@@ -153,6 +155,13 @@ def _schema() -> dict[str, Any]:
             # "cosine", "linear" or "none".
             "LR_DECAY_NAME": "cosine",
         },
+        "CHECKPOINT": {
+            # Pre-training keeps the last KEEP_LAST checkpoint_{iteration}.pth (0 = all; one takes
+            # 2.7 GB in the recipe) and, with KEEP_EVERY > 0, every one whose iteration is a multiple
+            # of it. ``--keep-checkpoints`` / ``--keep-every`` set them.
+            "KEEP_LAST": 3,
+            "KEEP_EVERY": 0,
+        },
         "AMP": {
             # Autocast dtype on GPU: "bfloat16", "float16" (with a GradScaler) or "float32" (off).
             # The original used apex O2 (float16).
@@ -173,12 +182,58 @@ ALIASES = {
     "OPTIM.LOOKAHEAD_ALPHA": "OPTIM.LOOKAHEAD.ALPHA",
 }
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+
+# What each key may hold beyond its default's type: allowed values and ranges (checked at load time).
+_UNIT = {"low": 0.0, "high": 1.0}  # a probability or a fraction
+_POSITIVE = {"low": 0, "open_low": True}
+_NON_NEGATIVE = {"low": 0}
+RULES: dict[str, dict[str, Any]] = {
+    "RANDOM_SEED": _NON_NEGATIVE,
+    "DATA.VOCAB_SIZE": _POSITIVE,
+    **{f"DATA.{name}_INDEX": _NON_NEGATIVE for name in ("UNK", "SOS", "EOS", "MASK", "PAD")},
+    "DATA.IMAGE_CROP_SIZE": _POSITIVE,
+    "DATA.IMAGE_MIN_SIDE": _POSITIVE,
+    "DATA.MAX_CAPTION_LENGTH": {"low": 3},
+    "DATA.BERT_MAX_LENGTH": {"low": 3},
+    "DATA.NUM_VIEWS": _POSITIVE,
+    "DATA.CROP_SCALE": {"low": 0.0, "open_low": True, "high": 1.0, "ordered": True},
+    "DATA.CROP_RATIO": {**_POSITIVE, "ordered": True},
+    "DATA.COLOR_JITTER_PROB": _UNIT,
+    "DATA.BRIGHTNESS": {**_NON_NEGATIVE, "ordered": True},
+    "DATA.CONTRAST": {**_NON_NEGATIVE, "ordered": True},
+    "DATA.FLIP_PROB": _UNIT,
+    "MODEL.VISUAL.DROPOUT": {**_UNIT, "open_high": True},
+    "MODEL.VISUAL.CONTRAST_POOLING": {"choices": ("cls", "mean")},
+    "MODEL.TEXTUAL.DROPOUT": {**_UNIT, "open_high": True},
+    **{f"MODEL.TEXTUAL.BERT_{name}": _POSITIVE for name in ("VOCAB_SIZE", "LAYERS", "HIDDEN", "HEADS", "INTERMEDIATE")},
+    "MODEL.TEXTUAL.BERT_DROPOUT": {**_UNIT, "open_high": True},
+    "MODEL.TEXTUAL.CONTRAST_POOLING": {"choices": ("pooler", "mean")},
+    "LOSS.CAPTION_WEIGHT": _NON_NEGATIVE,
+    "LOSS.CONTRAST_WEIGHT": _NON_NEGATIVE,
+    "LOSS.TAU": _POSITIVE,
+    "LOSS.LAMBDA": _UNIT,
+    "OPTIM.OPTIMIZER_NAME": {"choices": ("sgd", "adamw")},
+    "OPTIM.BATCH_SIZE": _POSITIVE,
+    "OPTIM.ACCUMULATION_STEPS": _POSITIVE,
+    "OPTIM.LR": _POSITIVE,
+    "OPTIM.BERT_LR": _NON_NEGATIVE,
+    "OPTIM.MOMENTUM": {**_UNIT, "open_high": True},
+    "OPTIM.WEIGHT_DECAY": _NON_NEGATIVE,
+    "OPTIM.CLIP_GRAD_NORM": _NON_NEGATIVE,
+    "OPTIM.LOOKAHEAD.STEPS": _POSITIVE,
+    "OPTIM.LOOKAHEAD.ALPHA": {**_UNIT, "open_low": True},
+    "OPTIM.NUM_ITERATIONS": _POSITIVE,
+    "OPTIM.WARMUP_STEPS": _NON_NEGATIVE,
+    "OPTIM.LR_DECAY_NAME": {"choices": ("cosine", "linear", "none")},
+    "AMP.DTYPE": {"choices": ("bfloat16", "float16", "float32")},
+    "CHECKPOINT.KEEP_LAST": _NON_NEGATIVE,
+    "CHECKPOINT.KEEP_EVERY": _NON_NEGATIVE,
+}
 
 
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit the schema; the message names the key."""
+def specs() -> dict[str, Spec]:
+    """Every key's spec: the type of its default plus its :data:`RULES`."""
+    return {key: spec_of_default(default, **RULES.get(key, {})) for key, default in flatten(_schema())}
 
 
 class Config:
@@ -246,13 +301,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     """
     data = _schema()
     if path is not None:
-        _merge(data, _read_yaml(Path(path), seen=()), origin=str(path))
+        _merge(data, read_yaml(Path(path)), origin=str(path))
     if len(overrides) % 2:
         raise ConfigError(f"config overrides come in KEY VALUE pairs; got an odd number of items: {list(overrides)}")
+    rules = specs()
     for key, text in zip(overrides[::2], overrides[1::2]):
         key = ALIASES.get(key, key)
         parent, leaf = _lookup(data, key, origin="--config-override")
-        parent[leaf] = _parse_override(key, parent[leaf], str(text))
+        parent[leaf] = rules[key].parse(key, str(text), origin="--config-override")
     _check(data)
     return Config(data)
 
@@ -290,47 +346,8 @@ def parse_decoder_name(name: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Merging and type checking.
+# Merging and checking (the engine checks each value; _check the rules that span keys).
 # ----------------------------------------------------------------------------------------------
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """A YAML file merged over its ``_BASE_`` (recursively), as a plain nested dict."""
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"_BASE_ cycle: {' -> '.join(str(p) for p in (*seen, path))}")
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        try:
-            data = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of keys")
-    base = data.pop("_BASE_", None)
-    if base is None:
-        return data
-    merged = _read_yaml(path.parent / base, seen + (path,))
-    _deep_update(merged, data)
-    return merged
-
-
-def _deep_update(target: dict[str, Any], update: Mapping[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
-            _deep_update(target[key], value)
-        else:
-            target[key] = value
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _flatten(value, dotted + ".")
-        else:
-            yield dotted, value
 
 
 def _lookup(data: dict[str, Any], dotted: str, origin: str) -> tuple[dict[str, Any], str]:
@@ -339,7 +356,8 @@ def _lookup(data: dict[str, Any], dotted: str, origin: str) -> tuple[dict[str, A
     node = data
     for i, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"{origin}: unknown config key {dotted!r}" + _suggest(data, dotted))
+            keys = [k for k, _ in flatten(data)] + list(ALIASES)
+            raise ConfigError(f"{origin}: unknown config key {dotted!r}" + did_you_mean(dotted, keys))
         if i < len(parts) - 1:
             node = node[part]
     if isinstance(node[parts[-1]], dict):
@@ -347,96 +365,19 @@ def _lookup(data: dict[str, Any], dotted: str, origin: str) -> tuple[dict[str, A
     return node, parts[-1]
 
 
-def _suggest(data: Mapping[str, Any], dotted: str) -> str:
-    import difflib
-
-    keys = [k for k, _ in _flatten(data)] + list(ALIASES)
-    close = difflib.get_close_matches(dotted, keys, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _merge(data: dict[str, Any], update: Mapping[str, Any], origin: str) -> None:
-    """Set every leaf of ``update`` in ``data``, checking keys and types."""
-    for dotted, value in _flatten(update):
+    """Set every leaf of ``update`` in ``data``, checking keys, types and ranges."""
+    rules = specs()
+    for dotted, value in flatten(update):
         dotted = ALIASES.get(dotted, dotted)
         parent, leaf = _lookup(data, dotted, origin)
-        parent[leaf] = _coerce(dotted, parent[leaf], value, origin)
-
-
-def _coerce(key: str, default: Any, value: Any, origin: str) -> Any:
-    """``value`` checked against the type of ``default`` (ints widen to floats)."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, list):
-        ok = isinstance(value, list) and len(value) == len(default) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-        )
-        value = [float(v) for v in value] if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        expected = f"a list of {len(default)} numbers" if isinstance(default, list) else type(default).__name__
-        raise ConfigError(f"{origin}: {key} must be {expected}, got {value!r}")
-    return value
-
-
-def _parse_override(key: str, default: Any, text: str) -> Any:
-    """Parse a command-line value by the type of the key's default."""
-    origin = "--config-override"
-    if isinstance(default, bool):
-        if text.lower() not in _TRUE | _FALSE:
-            raise ConfigError(f"{origin}: {key} must be true or false, got {text!r}")
-        return text.lower() in _TRUE
-    if isinstance(default, str):
-        return text
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
-    if isinstance(default, float) and isinstance(value, str):  # YAML reads "3e-3" as a string
-        try:
-            value = float(text)
-        except ValueError:
-            pass
-    if isinstance(default, list) and isinstance(value, str):  # "0.2,1.0" without brackets
-        try:
-            value = [float(v) for v in text.split(",")]
-        except ValueError:
-            pass
-    return _coerce(key, default, value, origin)
+        parent[leaf] = rules[dotted].check(dotted, value, origin)
 
 
 def _check(data: Mapping[str, Any]) -> None:
-    """Cross-key consistency that would otherwise fail deep inside training."""
-    flat = dict(_flatten(data))
+    """Rules that span keys, which would otherwise fail deep inside training."""
+    flat = dict(flatten(data))
     parse_decoder_name(flat["MODEL.TEXTUAL.NAME"])
     ids = [flat[f"DATA.{n}_INDEX"] for n in ("UNK", "SOS", "EOS", "MASK", "PAD")]
     if len(set(ids)) != len(ids) or max(ids) >= flat["DATA.VOCAB_SIZE"] or min(ids) < 0:
         raise ConfigError(f"DATA.*_INDEX must be distinct ids below DATA.VOCAB_SIZE, got {ids}")
-    positive = ("DATA.IMAGE_CROP_SIZE", "DATA.NUM_VIEWS", "OPTIM.BATCH_SIZE", "OPTIM.NUM_ITERATIONS", "LOSS.TAU",
-                "OPTIM.ACCUMULATION_STEPS")
-    for key in positive:
-        if flat[key] <= 0:
-            raise ConfigError(f"{key} must be positive, got {flat[key]}")
-    if flat["DATA.MAX_CAPTION_LENGTH"] < 3 or flat["DATA.BERT_MAX_LENGTH"] < 3:
-        raise ConfigError("DATA.MAX_CAPTION_LENGTH and DATA.BERT_MAX_LENGTH must be at least 3")
-    if not 0.0 <= flat["LOSS.LAMBDA"] <= 1.0:
-        raise ConfigError(f"LOSS.LAMBDA must be in [0, 1], got {flat['LOSS.LAMBDA']}")
-    if flat["MODEL.TEXTUAL.CONTRAST_POOLING"] not in ("pooler", "mean"):
-        raise ConfigError(f"MODEL.TEXTUAL.CONTRAST_POOLING must be 'pooler' or 'mean', got {flat['MODEL.TEXTUAL.CONTRAST_POOLING']!r}")
-    if flat["MODEL.VISUAL.CONTRAST_POOLING"] not in ("cls", "mean"):
-        raise ConfigError(f"MODEL.VISUAL.CONTRAST_POOLING must be 'cls' or 'mean', got {flat['MODEL.VISUAL.CONTRAST_POOLING']!r}")
-    if flat["AMP.DTYPE"] not in ("bfloat16", "float16", "float32"):
-        raise ConfigError(f"AMP.DTYPE must be bfloat16, float16 or float32, got {flat['AMP.DTYPE']!r}")
-    if flat["OPTIM.OPTIMIZER_NAME"] not in ("sgd", "adamw"):
-        raise ConfigError(f"OPTIM.OPTIMIZER_NAME must be sgd or adamw, got {flat['OPTIM.OPTIMIZER_NAME']!r}")
-    if flat["OPTIM.LR_DECAY_NAME"] not in ("cosine", "linear", "none"):
-        raise ConfigError(f"OPTIM.LR_DECAY_NAME must be cosine, linear or none, got {flat['OPTIM.LR_DECAY_NAME']!r}")
-    low, high = flat["DATA.CROP_SCALE"]
-    if not 0 < low <= high <= 1:
-        raise ConfigError(f"DATA.CROP_SCALE must satisfy 0 < min <= max <= 1, got {[low, high]}")
