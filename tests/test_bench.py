@@ -128,27 +128,30 @@ def test_packed_cache_refuses_missing_images(small_dataset, tmp_path):
 def test_study_table_matches_the_study_list_and_caches(tmp_path):
     index = index_memory.write_index(tmp_path / "train_studies.jsonl", studies=40, images=70)
     expected = read_study_index(index, tmp_path, require_images=False)
-    table = load_study_table(index, tmp_path)
+    table = load_study_table(index, tmp_path, require_images=False)  # the generated index has no image files
     assert len(table) == len(expected) == 40 and table.nbytes() > 0
     for got, want in zip(table, expected):
-        assert (got.study_id, got.subject_id, got.folder, got.images, got.views, got.text, got.split, got.line_number) == \
-               (want.study_id, want.subject_id, want.folder, want.images, want.views, want.text, want.split, want.line_number)
+        assert (got.study_id, got.subject_id, got.folder, got.images, got.views, got.findings, got.impression, got.text,
+                got.split, got.line_number) == (want.study_id, want.subject_id, want.folder, want.images, want.views,
+                                                want.findings, want.impression, want.text, want.split, want.line_number)
         np.testing.assert_array_equal(got.labels, want.labels)  # NaN = not mentioned, equal positions
     assert table.text(5) == expected[5].text
-    cached = load_study_table(index, tmp_path)  # from the memory-mapped cache
+    cached = load_study_table(index, tmp_path, require_images=False)  # from the memory-mapped cache
     assert isinstance(cached.columns["text"], np.memmap) and cached[7].images == expected[7].images
     subset = cached.select(np.array([3, 1]))
     assert [s.study_id for s in subset] == [expected[3].study_id, expected[1].study_id]
     # A changed index invalidates the cache.
     lines = index.read_text().splitlines()
     index.write_text("\n".join(lines[:10]) + "\n")
-    assert len(load_study_table(index, tmp_path)) == 10 and cache_path(index).is_dir()
+    assert len(load_study_table(index, tmp_path, require_images=False)) == 10 and cache_path(index).is_dir()
 
 
 def test_study_table_refuses_paths_leaving_the_root(tmp_path):
     index = tmp_path / "bad.jsonl"
     index.write_text(json.dumps({"study_id": "1", "images": ["files/ok.jpg"], "views": ["PA"], "text": "a"}) + "\n"
                      + json.dumps({"study_id": "2", "images": ["../../etc/x.jpg"], "views": ["PA"], "text": "b"}) + "\n")
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "ok.jpg").write_bytes(b"")
     with pytest.raises(ListFormatError, match=r"bad.jsonl:2"):
         StudyTable.from_jsonl(index, tmp_path)
 

@@ -12,7 +12,7 @@ from PIL import Image
 from refers.config import load_config
 from refers.data.mimic_lists import Study, read_study_index, write_study_index
 from refers.data.pretrain_dataset import FRONTAL, LATERAL, OTHER, StudyDataset, choose_views, collate_studies, view_kind
-from refers.data.pretrain_transforms import IMAGENET_MEAN, IMAGENET_STD
+from refers.data.device_transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from refers.text.bert import train_wordpiece
 from refers.text.report_tokenizer import ReportTokenizer, train_report_tokenizer
 
@@ -73,7 +73,10 @@ def _dataset(data, split="train", *overrides, **kwargs):
 
 
 def _pixel_values(images: torch.Tensor) -> list[int]:
-    """The grey value of each view (undoing the normalisation), read at the right edge."""
+    """The grey value of each view (normalised on the device as in training, then undone), read at the right edge."""
+    assert images.dtype == torch.uint8 and images.shape[1] == 1  # handed over grey, as uint8
+    images = to_model_input(images, "cpu")
+    assert images.dtype == torch.float32 and images.shape[1] == 3
     grey = images[:, 0, :, -1] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
     return [int(round(v * 255)) for v in grey.mean(dim=1).tolist()]
 
@@ -92,7 +95,7 @@ def test_view_kinds_and_choice():
 def test_validation_is_deterministic_and_ordered(data):
     dataset = _dataset(data, "val")
     first = dataset[0]
-    assert first["images"].shape == (3, 3, SIZE, SIZE) and first["views"] == [1, 2, 0]
+    assert first["images"].shape == (3, 1, SIZE, SIZE) and first["images"].dtype == torch.uint8 and first["views"] == [1, 2, 0]
     torch.testing.assert_close(first["images"], dataset[0]["images"])
     assert not first["flipped"] and first["report"] == STUDIES["1"][1]
     assert _pixel_values(dataset[1]["images"]) == [42] * 3  # one image, repeated
@@ -120,6 +123,7 @@ def test_one_flip_per_study_and_the_report_follows(data):
     outcomes = set()
     for _ in range(20):
         sample = dataset[0]
+        sample["images"] = sample["images"].float()
         right_edge = sample["images"][:, 0, :, -1].mean().item()
         left_edge = sample["images"][:, 0, :, 0].mean().item()
         per_view_flipped = [(s[0, :, 0].mean() > s[0, :, -1].mean()).item() for s in sample["images"]]
@@ -171,7 +175,7 @@ def test_shuffled_reports_are_a_fixed_permutation(data):
 def test_collate_trims_padding_columns(data):
     dataset = _dataset(data, "val")
     batch = collate_studies([dataset[i] for i in range(len(dataset))])
-    assert batch["images"].shape == (5, 3, 3, SIZE, SIZE)
+    assert batch["images"].shape == (5, 3, 1, SIZE, SIZE) and batch["images"].dtype == torch.uint8
     lengths = batch["caption_mask"].sum(dim=1)
     assert batch["caption_ids"].shape[1] == lengths.max() <= 16
     assert batch["caption_mask"].dtype == torch.bool and batch["bert_attention_mask"].dtype == torch.long

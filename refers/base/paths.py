@@ -46,8 +46,36 @@ def _resolved_root(root: str) -> Path:
     return Path(root).resolve()
 
 
-def safe_join(root: str | os.PathLike, relative: str) -> Path:
+def _resolve_stepwise(root_path: Path, rel: str, folders: dict[str, Path], leaf: bool = True) -> Path:
+    """``(root_path / rel).resolve()``, one component at a time, over the memo ``folders``.
+
+    Resolving ``a/b/c`` follows ``a``, then ``a/b``, then ``a/b/c`` (each a link or not), so a
+    folder's result serves every path below it: one ``lstat`` per new component. Folders are
+    memoised, files (``leaf``) are not.
+    """
+    if not leaf and rel in folders:
+        return folders[rel]
+    head, _, name = rel.rpartition("/")
+    if name in ("", ".", ".."):
+        resolved = (root_path / rel).resolve()
+    else:
+        resolved = (_resolve_stepwise(root_path, head, folders, leaf=False) if head else root_path) / name
+        if resolved.is_symlink():
+            resolved = resolved.resolve()
+    if not leaf:
+        folders[rel] = resolved
+    return resolved
+
+
+def safe_join(root: str | os.PathLike, relative: str, folders: dict[str, Path] | None = None) -> Path:
     """Join a path read from a list file onto its data root, refusing to escape the root.
+
+    The joined path is resolved (``..`` and symbolic links followed) before it is checked.
+
+    Args:
+        folders: a memo (an empty dict to start) that the caller keeps for this one ``root`` while
+            it reads one list: each folder is resolved once, the same result as resolving every
+            path in full, which made reading MIMIC's study index about ten times slower.
 
     Raises:
         ValueError: if ``relative`` is absolute or climbs out of ``root`` (``..``).
@@ -56,7 +84,10 @@ def safe_join(root: str | os.PathLike, relative: str) -> Path:
     rel = relative.replace("\\", "/")
     if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
         raise ValueError(f"absolute path {relative!r} in a list file; list paths are relative to the data root")
-    joined = (root_path / rel).resolve()
-    if joined != root_path and root_path not in joined.parents:
+    joined = (root_path / rel).resolve() if folders is None else _resolve_stepwise(root_path, rel, folders)
+    # Both are resolved and normalised: being under the root is a prefix test on the strings
+    # (cheaper than ``joined.parents``, which mattered at 377,110 MIMIC images).
+    inside, top = os.fspath(joined), os.fspath(root_path)
+    if inside != top and not inside.startswith(top if top.endswith(os.sep) else top + os.sep):
         raise ValueError(f"path {relative!r} escapes the data root {root_path}")
     return joined

@@ -134,7 +134,7 @@ def measure(index: Path, image_root: Path, baseline: bool, workers: int, use_cac
     if baseline:
         studies: Any = read_study_index(index, image_root, require_images=False)
     else:
-        studies = load_study_table(index, image_root, use_cache=use_cache)
+        studies = load_study_table(index, image_root, use_cache=use_cache, require_images=False)
     seconds = time.perf_counter() - start
     gc.collect()
     added = rss_mb() - before

@@ -131,19 +131,18 @@ class OriginalLoad:
 
 
 class MimicViewLoad:
-    """Our pre-training path for one view: grey decode (draft mode) + the view transform."""
+    """Our pre-training path for one view: grey decode (draft mode) + the view transform -> uint8 [1, S, S]."""
 
     def __init__(self, cfg, train: bool = True):
-        from refers.data.pretrain_transforms import build_view_transform
+        from refers.data.device_transforms import build_view_transform
 
         self.min_side = cfg.DATA.IMAGE_MIN_SIDE or None
         self.transform = build_view_transform(cfg, train)
 
     def __call__(self, path: str) -> torch.Tensor:
         from refers.data.images import open_grey
-        from refers.data.pretrain_transforms import to_model_input
 
-        return to_model_input(self.transform(open_grey(path, min_side=self.min_side)))
+        return self.transform(open_grey(path, min_side=self.min_side))  # uint8, normalised on the device
 
 
 def original_nih_transform(img_size: int):

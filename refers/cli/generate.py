@@ -66,17 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _study_views(cfg, folder: Path):
-    """The study's views as the model takes them in validation: [V, 3, S, S]."""
+    """The study's views as the model takes them in validation: float [V, 3, S, S]."""
     import torch
 
     from refers.data.images import open_grey
     from refers.data.mimic_lists import list_study_images
     from refers.data.pretrain_dataset import OTHER, choose_views
-    from refers.data.pretrain_transforms import build_view_transform, to_model_input
+    from refers.data.device_transforms import build_view_transform, to_model_input
 
     files = list_study_images(folder)
     if not files:
         raise UserError(f"{folder}: no PNG/JPEG images in this study folder")
     transform = build_view_transform(cfg, train=False)
     chosen = choose_views([OTHER] * len(files), cfg.DATA.NUM_VIEWS)  # view names unknown: file order
-    return torch.stack([to_model_input(transform(open_grey(files[i], min_side=cfg.DATA.IMAGE_MIN_SIDE or None))) for i in chosen])
+    views = torch.stack([transform(open_grey(files[i], min_side=cfg.DATA.IMAGE_MIN_SIDE or None)) for i in chosen])
+    return to_model_input(views, "cpu")

@@ -1,25 +1,30 @@
-"""Image transforms split at the uint8 boundary: geometry on the host, arithmetic on the device.
+"""The image transforms of fine-tuning and pre-training, split at the uint8 boundary: geometry on
+the host, arithmetic on the device.
 
 The original converted every radiograph to three float channels and normalised it in the data
 loader: 12 bytes per pixel crossed the process boundary and the PCIe bus for 1 byte of
-information. Here the loader does only what needs the whole image (decode, crop, resize, flip) on
-one uint8 channel, and the device turns the batch into the model's input in one fused step::
+information. Here the loader does only what needs the whole image (decode, crop, resize, flip,
+and pre-training's colour jitter) on one grey channel and hands over uint8, and the device turns
+the batch into the model's input in one fused step::
 
-    host:   grey PIL image -> uint8 [1, S, S]            (host_train_transform / host_eval_transform)
-    device: uint8 [B, 1, S, S] -> float [B, 3, S, S]     (DeviceNormalize)
+    host:   grey PIL image -> uint8 [1, S, S]            (host_train_transform / host_eval_transform,
+                                                          build_view_transform for pre-training views)
+    device: uint8 [..., 1, S, S] -> float [..., 3, S, S] (to_model_input / DeviceNormalize;
+                                                          study_batch_to_device for a pre-training batch)
 
 The result equals torchvision's ``ToTensor() + Normalize(mean, std)`` of the RGB image (the three
-channels of a grey image are equal), up to float rounding.
+channels of a grey image are equal), up to float rounding. Pre-training's views are cropped,
+resized and jittered in float (as before) and rounded to uint8 once at the end
+(:class:`RoundToUint8`): at most half a grey level (0.5/255) from the float view, unbiased.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-# The ImageNet statistics the original normalised with (also in refers.finetune.data and
-# refers.data.pretrain_transforms, whose owners keep their own copies).
+# The ImageNet statistics the original normalised with: the one copy.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ORIGINAL_MIN_CROP_AREA = 0.08  # torchvision's RandomResizedCrop default, which the original used
@@ -58,6 +63,45 @@ def host_eval_transform(img_size: int):
         transforms.CenterCrop((img_size, img_size)),
         transforms.PILToTensor(),
     ])
+
+
+class RoundToUint8(torch.nn.Module):
+    """A float image in [0, 1] -> uint8, to the nearest grey level (torchvision's ``ToDtype`` floors,
+    a bias of half a level)."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def build_view_transform(cfg: Any, train: bool):
+    """Pre-training's per-view transform: grey PIL image -> uint8 [1, S, S] (S = ``DATA.IMAGE_CROP_SIZE``).
+
+    Training: RandomResizedCrop (``DATA.CROP_SCALE``, ``DATA.CROP_RATIO``), then colour jitter
+    (``DATA.BRIGHTNESS``, ``DATA.CONTRAST``) with probability ``DATA.COLOR_JITTER_PROB``.
+    Validation: resize to S x S (aspect not kept, as the original). Both in float on one grey
+    channel (a third of RGB's work, the same result: a radiograph's three channels are equal), then
+    rounded to uint8; the horizontal flip is not here (:func:`flip`: one decision per study, which
+    the report follows), and the normalisation happens on the device (:func:`study_batch_to_device`).
+    """
+    from torchvision.transforms import v2
+
+    data = cfg.DATA
+    size = data.IMAGE_CROP_SIZE
+    to_float = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    if not train:
+        return v2.Compose([*to_float, v2.Resize((size, size), antialias=True), RoundToUint8()])
+    jitter = v2.ColorJitter(brightness=tuple(data.BRIGHTNESS), contrast=tuple(data.CONTRAST))
+    return v2.Compose([
+        *to_float,
+        v2.RandomResizedCrop(size, scale=tuple(data.CROP_SCALE), ratio=tuple(data.CROP_RATIO), antialias=True),
+        v2.RandomApply([jitter], p=data.COLOR_JITTER_PROB),
+        RoundToUint8(),
+    ])
+
+
+def flip(view: torch.Tensor) -> torch.Tensor:
+    """Mirror a view left-right ([..., H, W])."""
+    return view.flip(-1)
 
 
 class DeviceNormalize:
@@ -126,3 +170,16 @@ def to_model_input(images: torch.Tensor, device: torch.device | str, normalize: 
 
 
 _DEFAULT = DeviceNormalize()
+
+
+def study_batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A pre-training batch (:func:`refers.data.pretrain_dataset.collate_studies`) on ``device``,
+    its uint8 ``images`` [B, V, 1, S, S] normalised there to float [B, V, 3, S, S].
+
+    Other tensors are moved as they are; other values (study ids, reports) stay.
+    """
+    moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k != "images" else v
+             for k, v in batch.items()}
+    if isinstance(batch.get("images"), torch.Tensor):
+        moved["images"] = to_model_input(batch["images"], device)
+    return moved

@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -100,9 +100,9 @@ def list_study_images(folder: Path) -> list[Path]:
     return small or files
 
 
-def _resolve(image_root: Path, relative: str, source: Path, line_number: int) -> Path:
+def _resolve(image_root: Path, relative: str, source: Path, line_number: int, folders: dict[str, Path] | None = None) -> Path:
     try:
-        return safe_join(image_root, relative)
+        return safe_join(image_root, relative, folders)
     except ValueError as error:
         raise ListFormatError(source, line_number, str(error)) from None
 
@@ -119,41 +119,84 @@ def _folder_study(image_root: Path, raw_folder: str, source: Path, line_number: 
     return Study(study_id, subject_id, folder, images, [""] * len(images), line_number=line_number)
 
 
-def _read_index(path: Path, image_root: Path, require_images: bool) -> list[Study]:
-    studies = []
+@dataclass
+class IndexRecord:
+    """One checked line of a ``{split}_studies.jsonl`` index, as both readers take it.
+
+    ``relative`` are the image paths as written (relative to the image root), ``images`` the same
+    joined onto the root by :func:`~refers.base.paths.safe_join`; ``labels`` is float32 [L] with
+    NaN for "not mentioned", or None.
+    """
+
+    study_id: str
+    subject_id: str
+    folder: str
+    relative: list[str]
+    images: list[Path]
+    views: list[str]
+    findings: str
+    impression: str
+    text: str
+    labels: np.ndarray | None
+    split: str
+    line_number: int
+
+
+def _index_record(record: dict, image_root: Path, path: Path, line_number: int, folders: dict[str, Path]) -> IndexRecord:
+    relative = [str(rel) for rel in record["images"]]
+    images = [_resolve(image_root, rel, path, line_number, folders) for rel in relative]
+    views = [str(v) for v in (record.get("views") or [""] * len(images))]
+    if len(views) != len(images):
+        raise ListFormatError(path, line_number, f"{len(images)} images but {len(views)} views")
+    labels = record.get("labels")
+    if labels is not None:
+        labels = np.array([np.nan if v is None else v for v in labels], dtype=np.float32)
+    return IndexRecord(
+        study_id=str(record["study_id"]), subject_id=str(record.get("subject_id", "")), folder=str(record.get("folder", "")),
+        relative=relative, images=images, views=views, findings=record.get("findings") or "",
+        impression=record.get("impression") or "", text=record.get("text") or "", labels=labels,
+        split=record.get("split", ""), line_number=line_number,
+    )
+
+
+def iter_study_index(path: str | os.PathLike, image_root: str | os.PathLike, require_images: bool = True) -> Iterator[IndexRecord]:
+    """The one parser of the JSON-lines study index: its checked records in file order.
+
+    Every image path goes through :func:`~refers.base.paths.safe_join`; with ``require_images``
+    every study must have images and each must be a file on disk.
+
+    Raises:
+        ListFormatError: a malformed line, a path leaving the image root, a views/images mismatch,
+            or (``require_images``) a study without images or a missing image; ``file:line`` first.
+    """
+    path, image_root = Path(path), Path(image_root)
+    folders: dict[str, Path] = {}  # safe_join's memo of resolved study folders, for this read
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            if len(folders) > 4096:  # the index goes study by study: a small memo serves, a big one stays in RSS
+                folders.clear()
             try:
-                record = json.loads(line)
-                images = [_resolve(image_root, rel, path, line_number) for rel in record["images"]]
-                views = list(record.get("views") or [""] * len(images))
-                labels = record.get("labels")
-                study = Study(
-                    study_id=str(record["study_id"]),
-                    subject_id=str(record.get("subject_id", "")),
-                    folder=str(record.get("folder", "")),
-                    images=images,
-                    views=views,
-                    findings=record.get("findings") or "",
-                    impression=record.get("impression") or "",
-                    text=record.get("text") or "",
-                    labels=None if labels is None else np.array([np.nan if v is None else v for v in labels], dtype=np.float32),
-                    split=record.get("split", ""),
-                    line_number=line_number,
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                if isinstance(error, ListFormatError):
-                    raise
+                record = _index_record(json.loads(line), image_root, path, line_number, folders)
+            except ListFormatError:
+                raise
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
                 raise ListFormatError(path, line_number, f"not a study record: {error}") from None
-            if len(study.views) != len(study.images):
-                raise ListFormatError(path, line_number, f"{len(study.images)} images but {len(study.views)} views")
-            if require_images and (not images or not all(p.is_file() for p in images)):
-                missing = next((p for p in images if not p.is_file()), None)
-                raise ListFormatError(path, line_number, f"image {missing} not found" if missing else "study without images")
-            studies.append(study)
-    return studies
+            if require_images:
+                missing = next((p for p in record.images if not p.is_file()), None)
+                if missing is not None or not record.images:
+                    raise ListFormatError(path, line_number, f"image {missing} not found" if missing else "study without images")
+            yield record
+
+
+def study_of(record: IndexRecord) -> Study:
+    """The :class:`Study` of an index record."""
+    return Study(
+        study_id=record.study_id, subject_id=record.subject_id, folder=record.folder, images=record.images,
+        views=record.views, findings=record.findings, impression=record.impression, text=record.text,
+        labels=record.labels, split=record.split, line_number=record.line_number,
+    )
 
 
 def _read_text_list(path: Path, image_root: Path, require_images: bool) -> list[Study]:
@@ -207,8 +250,29 @@ def read_study_index(path: str | os.PathLike, image_root: str | os.PathLike, req
     if not path.is_file():
         raise FileNotFoundError(f"study list not found: {path}")
     if path.suffix == ".jsonl":
-        return _read_index(path, image_root, require_images)
+        return [study_of(record) for record in iter_study_index(path, image_root, require_images)]
     return _read_text_list(path, image_root, require_images)
+
+
+def first_listed_path(path: str | os.PathLike) -> str | None:
+    """The first image (study index) or study folder (the original's lists) a list names, relative
+    to its image root as the readers take it; None for an empty or unreadable list. Used to find
+    the image root (:meth:`refers.data.image_roots.ImageRoots.root_for`) before the list is read."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            line = next((line for line in handle if line.strip()), None)
+    except (OSError, UnicodeDecodeError):
+        return None
+    if line is None:
+        return None
+    if path.suffix == ".jsonl":
+        try:
+            images = json.loads(line).get("images") or []
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        return str(images[0]) if images and isinstance(images[0], str) else None
+    return reroot_folder(line.partition("\t")[0]) or None
 
 
 def find_caption_list(folder: str | os.PathLike, split: str) -> Path:

@@ -82,8 +82,9 @@ def build_packed_cache(list_files: Sequence[str | os.PathLike], image_root: str 
 
     Args:
         list_files: list files in the original format (``path label ...`` per line).
-        image_root: the folder their paths are relative to (NIH's ``images_XXX/images/`` layout
-            is found as the fine-tuning loader finds it).
+        image_root: the folder their paths are relative to (the command finds it with
+            :mod:`refers.data.image_roots`; NIH's ``images_XXX/images/`` layout is found as the
+            fine-tuning loader finds it).
         out: the pack folder (created; an existing pack there is replaced only once the new one
             is complete).
         size: shorter side of the stored images.
@@ -95,9 +96,9 @@ def build_packed_cache(list_files: Sequence[str | os.PathLike], image_root: str 
     Raises:
         PackError: an image that is missing or unreadable (the first few are named).
     """
-    from refers.prepare.common import parallel_map
     from refers.base.synthetic import stamp_synthetic, synthetic_marker
-    from refers.prepare.layout import locate_image
+    from refers.data.image_roots import locate_image
+    from refers.data.parallel import parallel_map
 
     if size < 8:
         raise PackError(f"pack size must be at least 8 pixels, got {size}")

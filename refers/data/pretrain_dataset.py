@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import Dataset
 
 from refers.config import Config, config_path
+from refers.data.image_roots import image_roots
 from refers.data.images import open_grey
-from refers.data.mimic_lists import Study
+from refers.data.mimic_lists import Study, first_listed_path
 from refers.data.study_table import StudyTable, load_study_table
-from refers.data.pretrain_transforms import build_view_transform, flip, to_model_input
-from refers.base.paths import data_dir
+from refers.data.device_transforms import build_view_transform, flip
 from refers.text.normalize import swap_left_right
 
 logger = logging.getLogger(__name__)
@@ -73,17 +73,16 @@ def choose_views(kinds: Sequence[int], num_views: int, preference: Sequence[int]
 
 
 def resolve_image_root(cfg: Config, list_path: Path) -> Path:
-    """``DATA.IMAGE_ROOT``, else the list folder's dataset.yaml ``image_root``, else the default folders."""
-    configured = config_path(cfg.DATA.IMAGE_ROOT)
-    if configured is not None:
-        return configured
-    from refers.prepare.common import image_root_of
+    """The image root of a MIMIC list (:mod:`refers.data.image_roots`): ``DATA.IMAGE_ROOT`` (or the
+    official layouts under it), else the list folder's dataset.yaml ``image_root``, else the official
+    layouts under ``Data/MIMIC-CXR/`` (``prepared/``, then the download's ``files/``): the first that
+    holds the list's first image.
 
-    recorded = image_root_of(list_path.parent)
-    if recorded is not None:
-        return recorded
-    prepared = data_dir() / "MIMIC-CXR" / "prepared"
-    return prepared if prepared.is_dir() else data_dir() / "MIMIC-CXR"
+    Raises:
+        UserError: none holds it (the message lists every place tried).
+    """
+    roots = image_roots("MIMIC-CXR", list_path.parent, config_path(cfg.DATA.IMAGE_ROOT))
+    return roots.root_for(first_listed_path(list_path), f"the images of {list_path}")
 
 
 TOKEN_CACHE_SIZE = 20_000  # distinct report texts kept tokenised per process
@@ -171,7 +170,8 @@ class StudyDataset(Dataset):
         """One study.
 
         Returns:
-            ``images`` float [V, 3, S, S]; ``caption_ids`` long [L] (``[SOS] ... [EOS]`` then
+            ``images`` uint8 [V, 1, S, S] (grey; normalised to 3 channels on the device by
+            :func:`refers.data.device_transforms.study_batch_to_device`); ``caption_ids`` long [L] (``[SOS] ... [EOS]`` then
             ``[PAD]``, L = ``DATA.MAX_CAPTION_LENGTH``) and ``caption_mask`` bool [L];
             ``bert_input_ids`` / ``bert_attention_mask`` long [Lb]; ``study_id``; ``report`` (the
             text after any left/right swap); ``views`` (the image indices used); ``flipped``.
@@ -185,7 +185,7 @@ class StudyDataset(Dataset):
         views = []
         for i in chosen:
             view = self.transform(grey[i])
-            views.append(to_model_input(flip(view) if flipped else view))
+            views.append(flip(view) if flipped else view)
         other = int(self.report_of[index])
         report = self.studies.text(other) if isinstance(self.studies, StudyTable) else self.studies[other].text
         # Mirroring a lateral view does not change which side is which; a frontal one does.
@@ -209,7 +209,7 @@ def collate_studies(samples: Sequence[dict]) -> dict:
     """Stack samples into a batch, cutting padding columns that no sample uses.
 
     Returns:
-        ``images`` [B, V, 3, S, S], ``caption_ids`` / ``caption_mask`` [B, L'], ``bert_input_ids`` /
+        ``images`` uint8 [B, V, 1, S, S], ``caption_ids`` / ``caption_mask`` [B, L'], ``bert_input_ids`` /
         ``bert_attention_mask`` [B, Lb'], ``study_ids``, ``reports`` and ``flipped`` (lists).
     """
     caption_mask = torch.stack([s["caption_mask"] for s in samples])

@@ -10,9 +10,11 @@ view codes, a float16 label matrix): a handful of Python objects in total, whose
 only read. ``table[i]`` builds the one :class:`Study` a sample needs, with absolute image paths
 checked by :func:`refers.base.paths.safe_join`.
 
-Loading a ``{split}_studies.jsonl`` parses it once (about 15 us per study) and keeps the columns in
-a cache folder beside it (``.<name>.table/``, keyed by the index's size and modification time) that
-later loads memory-map: they take a fraction of a second and read nothing until samples do.
+Loading a ``{split}_studies.jsonl`` parses it once, with the format's one parser
+(:func:`refers.data.mimic_lists.iter_study_index`: ``safe_join`` on every path, every image checked
+on disk, every report section kept), and keeps the columns in a cache folder beside it
+(``.<name>.table/``, keyed by the index's size and modification time) that later loads
+memory-map: they take a fraction of a second and read nothing until samples do.
 """
 
 from __future__ import annotations
@@ -27,14 +29,13 @@ from typing import Sequence
 import numpy as np
 
 from refers.base.errors import ListFormatError
-from refers.data.mimic_lists import Study, read_study_index
+from refers.data.mimic_lists import IndexRecord, Study, iter_study_index, read_study_index
 from refers.base.paths import safe_join
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: findings and impression columns; images checked on disk when parsed
 SPLIT_NAMES = ("", "train", "val", "test", "validate")
 _SPLITS = {name: code for code, name in enumerate(SPLIT_NAMES)}
-_NAN = float("nan")
-COLUMNS = ("text", "text_offsets", "ids", "ids_offsets", "paths", "paths_offsets", "image_start", "view_codes", "labels",
+COLUMNS = ("text", "text_offsets", "section_spans", "extra_sections", "extra_sections_offsets", "ids", "ids_offsets", "paths", "paths_offsets", "image_start", "view_codes", "labels",
            "has_labels", "text_nonblank", "split_codes", "line_numbers")
 
 
@@ -68,15 +69,6 @@ class StringsBuilder:
         return PackedStrings(buffer, np.frombuffer(self.offsets, dtype=np.int64).copy())
 
 
-def _check_relative(relative: str, source: Path, line_number: int) -> None:
-    """The lexical part of :func:`safe_join` (no ``..``, not absolute), cheap enough for 377k paths."""
-    if relative and relative[0] not in "/\\" and ".." not in relative and relative[1:2] != ":":
-        return  # the common case, decided without splitting
-    rel = relative.replace("\\", "/")
-    if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or ".." in rel.split("/"):
-        raise ListFormatError(source, line_number, f"image path {relative!r} is absolute or leaves the image root")
-
-
 class StudyTable:
     """Studies in columns; a sequence of :class:`Study` (``len``, ``table[i]``, iteration).
 
@@ -94,6 +86,7 @@ class StudyTable:
         self.view_names = tuple(view_names)
         self.rows = np.arange(len(columns["text_offsets"]) - 1, dtype=np.int64) if rows is None else rows
         self._text = PackedStrings(columns["text"], columns["text_offsets"])
+        self._extra_sections = PackedStrings(columns["extra_sections"], columns["extra_sections_offsets"])
         self._ids = PackedStrings(columns["ids"], columns["ids_offsets"])
         self._paths = PackedStrings(columns["paths"], columns["paths_offsets"])
 
@@ -110,38 +103,22 @@ class StudyTable:
         root = Path(image_root).resolve()
         for study in studies:
             rel = [Path(path).resolve().relative_to(root).as_posix() for path in study.images]
-            builder.add(study.study_id, study.subject_id, study.folder, rel, study.views, study.text, study.labels,
-                        study.split, study.line_number)
+            builder.add(study.study_id, study.subject_id, study.folder, rel, study.views, study.findings, study.impression,
+                        study.text, study.labels, study.split, study.line_number)
         return builder.finish()
 
     @classmethod
-    def from_jsonl(cls, path: str | os.PathLike, image_root: str | os.PathLike) -> "StudyTable":
-        """Parse a ``{split}_studies.jsonl`` index (see :mod:`refers.data.mimic_lists`) into columns.
+    def from_jsonl(cls, path: str | os.PathLike, image_root: str | os.PathLike, require_images: bool = True) -> "StudyTable":
+        """Parse a ``{split}_studies.jsonl`` index into columns, with the one parser of the format
+        (:func:`refers.data.mimic_lists.iter_study_index`: ``safe_join`` on every path, every report
+        section, and with ``require_images`` every image found on disk).
 
         Raises:
-            ListFormatError: a malformed line or a path leaving the image root (file:line).
+            ListFormatError: a malformed line, a path leaving the image root, a missing image (file:line).
         """
-        path = Path(path)
         builder = _TableBuilder(Path(image_root))
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    images = record["images"]
-                    views = record.get("views") or [""] * len(images)
-                    if len(views) != len(images):
-                        raise ListFormatError(path, line_number, f"{len(images)} images but {len(views)} views")
-                    for relative in images:
-                        _check_relative(relative, path, line_number)
-                    builder.add(str(record["study_id"]), str(record.get("subject_id", "")), str(record.get("folder", "")),
-                                images, views, record.get("text") or "", record.get("labels"), record.get("split", ""),
-                                line_number)
-                except ListFormatError:
-                    raise
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                    raise ListFormatError(path, line_number, f"not a study record: {error}") from None
+        for record in iter_study_index(path, image_root, require_images):
+            builder.add_record(record, path)
         return builder.finish()
 
     # -- access ---------------------------------------------------------------------------------
@@ -154,6 +131,14 @@ class StudyTable:
 
     def _strings(self, row: int) -> tuple[str, str, str]:
         return self._ids[3 * row], self._ids[3 * row + 1], self._ids[3 * row + 2]
+
+    def _section(self, row: int, which: int) -> str:
+        """FINDINGS (0) or IMPRESSION (1) of ``row``: a byte span of its text, or a stored extra string."""
+        start, end = (int(v) for v in self.columns["section_spans"][row, 2 * which:2 * which + 2])
+        if start < 0:
+            return self._extra_sections[end]
+        base = int(self.columns["text_offsets"][row])
+        return self.columns["text"][base + start:base + end].tobytes().decode("utf-8")
 
     def text(self, index: int) -> str:
         """Report text of study ``index`` (without building the whole study)."""
@@ -169,6 +154,7 @@ class StudyTable:
             study_id=study_id, subject_id=subject_id, folder=folder,
             images=[safe_join(self.image_root, self._paths[j]) for j in range(first, last)],
             views=[self.view_names[int(code)] for code in cols["view_codes"][first:last]],
+            findings=self._section(row, 0), impression=self._section(row, 1),
             text=self._text[row], labels=labels, split=SPLIT_NAMES[int(cols["split_codes"][row])],
             line_number=int(cols["line_numbers"][row]),
         )
@@ -235,7 +221,9 @@ class _TableBuilder:
 
     def __init__(self, image_root: Path):
         self.image_root = image_root
-        self.text, self.ids, self.paths = StringsBuilder(), StringsBuilder(), StringsBuilder()
+        self.text, self.extra_sections = StringsBuilder(), StringsBuilder()
+        self.section_spans = array("i")
+        self.ids, self.paths = StringsBuilder(), StringsBuilder()
         self.image_start = array("q", [0])
         self.view_codes = array("b")
         self.view_index: dict[str, int] = {"": 0}
@@ -243,12 +231,31 @@ class _TableBuilder:
         self.label_width: int | None = None
         self.has_labels, self.nonblank, self.splits, self.lines = array("b"), array("b"), array("b"), array("i")
 
-    def add(self, study_id: str, subject_id: str, folder: str, images: Sequence[str], views: Sequence[str], text: str,
-            labels, split: str, line_number: int) -> None:
+    def add_record(self, record: IndexRecord, source: str | os.PathLike) -> None:
+        """Add one parsed index line (a bad label row becomes a ``file:line`` error)."""
+        try:
+            self.add(record.study_id, record.subject_id, record.folder, record.relative, record.views, record.findings,
+                     record.impression, record.text, record.labels, record.split, record.line_number)
+        except ValueError as error:
+            raise ListFormatError(source, record.line_number, str(error)) from None
+
+    def add(self, study_id: str, subject_id: str, folder: str, images: Sequence[str], views: Sequence[str], findings: str,
+            impression: str, text: str, labels: np.ndarray | None, split: str, line_number: int) -> None:
+        """Add one study; ``images`` relative to the image root, ``labels`` float [L] (NaN: not mentioned) or None."""
         # Inlined appends: this runs 227,835 times for MIMIC, and method calls are most of the cost.
         text_buf, text_offsets = self.text.buffer, self.text.offsets
         text_buf += text.encode("utf-8")
         text_offsets.append(len(text_buf))
+        # The sections are (almost always) parts of the training text: kept as byte spans of it, 16 bytes
+        # a study instead of a second copy of every report (which doubled the index's memory).
+        for value in (findings, impression):
+            at = text.find(value) if value else 0
+            if at < 0:
+                self.section_spans.extend((-1, len(self.extra_sections.offsets) - 1))
+                self.extra_sections.add(value)
+                continue
+            start = at if text.isascii() else len(text[:at].encode("utf-8"))
+            self.section_spans.extend((start, start + len(value.encode("utf-8"))))
         self.nonblank.append(1 if text and not text.isspace() else 0)
         ids_buf, ids_offsets = self.ids.buffer, self.ids.offsets
         for value in (study_id, subject_id, folder):
@@ -271,14 +278,14 @@ class _TableBuilder:
                 self.label_width = len(labels)
             if len(labels) != self.label_width:
                 raise ValueError(f"{len(labels)} labels, expected {self.label_width}")
-            self.labels.extend([_NAN if v is None else v for v in labels])
+            self.labels.frombytes(np.asarray(labels, dtype=np.float32).tobytes())
         self.splits.append(_SPLITS.get(split, 0))
         self.lines.append(line_number)
 
     def finish(self) -> StudyTable:
         count = len(self.lines)
         width = self.label_width or 0
-        text, ids, paths = self.text.finish(), self.ids.finish(), self.paths.finish()
+        text, extra, ids, paths = self.text.finish(), self.extra_sections.finish(), self.ids.finish(), self.paths.finish()
         has_labels = np.frombuffer(self.has_labels, dtype=np.int8).astype(bool)
         # float16 holds the CheXpert values (1, 0, -1, NaN = not mentioned) exactly, in half the bytes.
         labels = np.full((count, width), np.nan, dtype=np.float16)
@@ -286,6 +293,8 @@ class _TableBuilder:
             labels[has_labels] = np.frombuffer(self.labels, dtype=np.float32).reshape(-1, width)
         columns = {
             "text": text.buffer, "text_offsets": text.offsets,
+            "section_spans": np.frombuffer(self.section_spans, dtype=np.int32).reshape(count, 4).copy(),
+            "extra_sections": extra.buffer, "extra_sections_offsets": extra.offsets,
             "ids": ids.buffer, "ids_offsets": ids.offsets,
             "paths": paths.buffer, "paths_offsets": paths.offsets,
             "image_start": np.frombuffer(self.image_start, dtype=np.int64).copy(),
@@ -306,29 +315,34 @@ def cache_path(index: str | os.PathLike) -> Path:
     return index.with_name(f".{index.name}.table")
 
 
-def load_study_table(path: str | os.PathLike, image_root: str | os.PathLike, use_cache: bool = True) -> StudyTable:
+def load_study_table(path: str | os.PathLike, image_root: str | os.PathLike, use_cache: bool = True,
+                     require_images: bool = True) -> StudyTable:
     """The studies of a MIMIC list file as a :class:`StudyTable`.
 
     A ``.jsonl`` index is parsed into columns (once: they are cached beside it when the folder is
     writable, and later loads memory-map the cache); the original's text formats go through
-    :func:`read_study_index`.
+    :func:`read_study_index`. With ``require_images`` (the default) every image must be on disk
+    when the index is parsed; a cache records whether its parse checked them, and one that did
+    not is not used for a load that requires them.
 
     Raises:
-        FileNotFoundError: no such list. ListFormatError: a malformed line (file:line).
+        FileNotFoundError: no such list. ListFormatError: a malformed line or a missing image (file:line).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"study list not found: {path}")
     if path.suffix != ".jsonl":
-        return StudyTable.from_studies(read_study_index(path, image_root), image_root)
+        return StudyTable.from_studies(read_study_index(path, image_root, require_images), image_root)
     if not use_cache:
-        return StudyTable.from_jsonl(path, image_root)
+        return StudyTable.from_jsonl(path, image_root, require_images)
     stat = path.stat()
-    key = {"version": CACHE_VERSION, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    cached = StudyTable.load_cached(cache_path(path), key, image_root)
-    if cached is not None:
-        return cached
-    table = StudyTable.from_jsonl(path, image_root)
+    key = {"version": CACHE_VERSION, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "images_checked": True}
+    for checked in (True,) if require_images else (True, False):
+        cached = StudyTable.load_cached(cache_path(path), {**key, "images_checked": checked}, image_root)
+        if cached is not None:
+            return cached
+    key["images_checked"] = require_images
+    table = StudyTable.from_jsonl(path, image_root, require_images)
     try:
         table.save(cache_path(path), key)
     except OSError:  # a read-only list folder: no cache, same table

@@ -22,8 +22,11 @@ from refers.eval.retrieval import retrieval_recall
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move a batch's tensors to ``device`` (other values, e.g. study ids, stay as they are)."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Move a batch's tensors to ``device`` (other values, e.g. study ids, stay as they are); its
+    uint8 images are normalised there (:func:`refers.data.device_transforms.study_batch_to_device`)."""
+    from refers.data.device_transforms import study_batch_to_device
+
+    return study_batch_to_device(batch, device)
 
 
 @torch.no_grad()

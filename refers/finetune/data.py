@@ -2,10 +2,12 @@
 
 Lists come from ``DataProcessed/<Dataset>/`` (``--list_dir``); ``--data_volume`` picks the fraction
 files written by ``refers prepare`` (``train_<pct>_seed<k>.txt``, or ``train_<pct>.txt`` without
-``--data_seed``). Images are looked up under, in order: ``--data_root`` alone if given, else the
-``image_root`` of the list folder's ``dataset.yaml``, ``Data/<Dataset>/prepared``, ``Data/<Dataset>``,
-and each root's ``images/`` (the original README's layout). Under each root a list path is found as
-:func:`refers.prepare.layout.locate_image` does (NIH's download unpacks ``images_001/images/*.png``
+``--data_seed``). Images are found by the one image-root resolver (:mod:`refers.data.image_roots`):
+``--data_root`` (and the dataset's official layouts under it) alone if given, else the
+``image_root`` of the list folder's ``dataset.yaml``, then the official layouts under
+``Data/<Dataset>/`` (``prepared/``, Shenzhen's ``ChinaSet_AllFiles/CXR_png/``, COVID-19's
+``images/``, ...). Under each root a list path is found as
+:func:`refers.data.image_roots.locate_image` does (NIH's download unpacks ``images_001/images/*.png``
 while the lists say ``images_001/*.png``).
 """
 
@@ -28,10 +30,9 @@ from refers.data.images import open_grey
 from refers.data.lists import ImageList, find_split_file, read_list
 from refers.data.registry import get_dataset
 from refers.base.synthetic import is_synthetic
-from refers.base.paths import data_dir, processed_dir
-from refers.prepare.common import image_root_of, read_dataset_yaml
+from refers.base.paths import processed_dir
+from refers.data.image_roots import ImageRoots, image_roots, read_dataset_yaml
 from refers.prepare.fractions import fraction_name
-from refers.prepare.layout import locate_image
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class DataSetup:
         dataset: registry name, or "custom".
         classes: output classes in head order.
         list_dir: folder of the list files.
-        image_roots: folders searched for images, in order.
+        image_roots: the folders searched for images, in order (:func:`refers.data.image_roots.image_roots`;
+            a plain sequence of folders is taken as they are).
         label_columns: list-file columns per line.
         target_columns: indices of the columns used as targets (binary datasets: the second one).
         synthetic: the data carries the ``SYNTHETIC.txt`` marker.
@@ -53,10 +55,14 @@ class DataSetup:
     dataset: str
     classes: tuple[str, ...]
     list_dir: Path
-    image_roots: tuple[Path, ...]
+    image_roots: ImageRoots
     label_columns: int
     target_columns: tuple[int, ...]
     synthetic: bool
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_roots, ImageRoots):  # folders given as a plain sequence: searched in order
+            object.__setattr__(self, "image_roots", ImageRoots(tuple(Path(r) for r in self.image_roots), "the folders given"))
 
     @property
     def num_classes(self) -> int:
@@ -83,13 +89,11 @@ def resolve_data(args: argparse.Namespace) -> DataSetup:
                 raise UserError("--dataset custom needs --classes (or --num_classes)", exit_code=2)
             names = [f"class_{i}" for i in range(args.num_classes)]
         classes = tuple(str(n).strip() for n in names)
-        default_roots: list[Path] = []
         columns = None
     else:
         spec = get_dataset(args.dataset)
         list_dir = Path(args.list_dir) if args.list_dir else processed_dir() / spec.processed
         classes = spec.classes
-        default_roots = [data_dir() / spec.name / "prepared", data_dir() / spec.name]
         columns = spec.label_columns
     if args.num_classes is not None and args.num_classes != len(classes):
         kind = "binary: one output, the positive column of its two one-hot columns" if len(classes) == 1 else "classes"
@@ -98,16 +102,12 @@ def resolve_data(args: argparse.Namespace) -> DataSetup:
         )
     if not list_dir.is_dir():
         raise UserError(f"list folder not found: {list_dir} (run refers prepare, or pass --list_dir)")
-    if args.data_root:
-        roots = [Path(args.data_root)]
-    else:
-        recorded = image_root_of(list_dir)
-        roots = ([recorded] if recorded else []) + default_roots
+    roots = image_roots(args.dataset, list_dir, args.data_root)
     if columns is None:
         columns = 2 if len(classes) == 1 and info.get("label_columns", 2) == 2 else len(classes)
     targets = (1,) if len(classes) == 1 and columns == 2 else tuple(range(len(classes)))
-    synthetic = is_synthetic(list_dir, *[r for r in roots if r.exists()])
-    return DataSetup(args.dataset, classes, list_dir, tuple(roots), columns, targets, synthetic)
+    synthetic = is_synthetic(list_dir, *[r for r in roots.roots if r.exists()])
+    return DataSetup(args.dataset, classes, list_dir, roots, columns, targets, synthetic)
 
 
 def fraction_file(list_dir: Path, split: str, volume: int, seed: int | None) -> Path:
@@ -132,30 +132,29 @@ def read_targets(setup: DataSetup, path: Path) -> ImageList:
     return images
 
 
-def locate_images(images: ImageList, roots: Sequence[Path], skip_missing: bool) -> tuple[list[Path], np.ndarray]:
-    """Find every image of a list on disk.
+def locate_images(images: ImageList, roots: ImageRoots, skip_missing: bool) -> tuple[list[Path], np.ndarray]:
+    """Find every image of a list on disk (:meth:`ImageRoots.find`: the first root holding it).
 
     Returns:
         (files, kept): the files found and the list positions [K] they belong to (all positions
         unless ``skip_missing`` dropped some).
 
     Raises:
-        UserError: a missing image (file and list line in the message) without ``skip_missing``.
+        UserError: a missing image (file and list line, and every place tried, in the message)
+            without ``skip_missing``.
     """
-    search = [path for root in roots for path in (Path(root), Path(root) / "images")]  # + the README's flat images/
     files: list[Path] = []
     kept: list[int] = []
     missing = 0
     for i, relative in enumerate(images.paths):
         try:
-            found = next(filter(None, (locate_image(root, relative) for root in search)), None)
+            found = roots.find(relative)
         except ValueError as error:  # the path escapes its root
             raise UserError(f"{images.source}:{images.line_numbers[i]}: {error}") from None
         if found is None:
             if not skip_missing:
-                where = ", ".join(str(r) for r in roots)
                 raise UserError(
-                    f"image {relative} not found ({images.source}:{images.line_numbers[i]}); looked under {where} "
+                    f"image {relative} not found ({images.source}:{images.line_numbers[i]}); looked under {roots.tried()} "
                     "(--data_root sets the image folder; --skip_bad_images skips missing images)"
                 )
             missing += 1

@@ -26,22 +26,46 @@ from refers.base.checkpoints import reading_checkpoint, safe_load
 # Prefixes under which an image encoder is found in the known checkpoint layouts.
 ENCODER_PREFIXES = ("module.", "visual.vit.", "image_encoder.", "encoder.", "backbone.")
 
-_ORIGINAL_TO_TIMM = [
-    (r"^transformer\.embeddings\.patch_embeddings\.", "patch_embed.proj."),
-    (r"^transformer\.embeddings\.position_embeddings$", "pos_embed"),
-    (r"^transformer\.embeddings\.cls_token$", "cls_token"),
-    (r"^transformer\.encoder\.encoder_norm\.", "norm."),
-    (r"^transformer\.encoder\.layer\.(\d+)\.attention_norm\.", r"blocks.\1.norm1."),
-    (r"^transformer\.encoder\.layer\.(\d+)\.ffn_norm\.", r"blocks.\1.norm2."),
-    (r"^transformer\.encoder\.layer\.(\d+)\.attn\.out\.", r"blocks.\1.attn.proj."),
-    (r"^transformer\.encoder\.layer\.(\d+)\.ffn\.fc1\.", r"blocks.\1.mlp.fc1."),
-    (r"^transformer\.encoder\.layer\.(\d+)\.ffn\.fc2\.", r"blocks.\1.mlp.fc2."),
-]
+# The one table of key renames between the original ViT-pytorch naming (REFERS, Google's ViT) and
+# timm's, read in both directions. ``{n}`` stands for a block number; a name ending in "." is a
+# prefix (weight, bias follow), any other is a whole key. Attention q/k/v are the one exception
+# (three original tensors, one fused timm ``qkv``): see :data:`_ORIGINAL_QKV`.
+KEY_RENAMES: tuple[tuple[str, str], ...] = (
+    ("transformer.embeddings.patch_embeddings.", "patch_embed.proj."),
+    ("transformer.embeddings.position_embeddings", "pos_embed"),
+    ("transformer.embeddings.cls_token", "cls_token"),
+    ("transformer.encoder.encoder_norm.", "norm."),
+    ("transformer.encoder.layer.{n}.attention_norm.", "blocks.{n}.norm1."),
+    ("transformer.encoder.layer.{n}.ffn_norm.", "blocks.{n}.norm2."),
+    ("transformer.encoder.layer.{n}.attn.out.", "blocks.{n}.attn.proj."),
+    ("transformer.encoder.layer.{n}.ffn.fc1.", "blocks.{n}.mlp.fc1."),
+    ("transformer.encoder.layer.{n}.ffn.fc2.", "blocks.{n}.mlp.fc2."),
+)
+_ORIGINAL_QKV = ("query", "key", "value")  # their order in timm's fused qkv
 _QKV = re.compile(r"^transformer\.encoder\.layer\.(\d+)\.attn\.(query|key|value)\.(weight|bias)$")
+_FUSED_QKV = re.compile(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$")
+
+
+def _compile(source: str, target: str) -> tuple[re.Pattern, str]:
+    """A ``KEY_RENAMES`` pair as (pattern on ``source`` names, ``re.sub`` replacement)."""
+    pattern = "^" + re.escape(source).replace(r"\{n\}", r"(\d+)") + ("" if source.endswith(".") else "$")
+    return re.compile(pattern), target.replace("\\", "\\\\").replace("{n}", r"\1")
+
+
+_TO_TIMM = [_compile(original, timm) for original, timm in KEY_RENAMES]
+_TO_ORIGINAL = [_compile(timm, original) for original, timm in KEY_RENAMES]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    """``key`` renamed by the first rule that matches it; unchanged when none does (e.g. ``head.*``)."""
+    for pattern, replacement in rules:
+        if pattern.match(key):
+            return pattern.sub(replacement, key, count=1)
+    return key
 
 
 def original_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the original ViT-pytorch keys to timm's, fusing separate q/k/v into ``qkv``."""
+    """Rename the original ViT-pytorch keys to timm's (:data:`KEY_RENAMES`), fusing q/k/v into ``qkv``."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in state.items():
@@ -50,48 +74,26 @@ def original_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             layer, part, kind = match.groups()
             qkv.setdefault((layer, kind), {})[part] = value
             continue
-        for pattern, replacement in _ORIGINAL_TO_TIMM:
-            if re.match(pattern, key):
-                out[re.sub(pattern, replacement, key)] = value
-                break
-        else:
-            out[key] = value  # e.g. head.weight / head.bias keep their names
+        out[_rename(key, _TO_TIMM)] = value
     for (layer, kind), parts in qkv.items():
-        missing = {"query", "key", "value"} - set(parts)
+        missing = set(_ORIGINAL_QKV) - set(parts)
         if missing:
             raise ValueError(f"layer {layer}: attention {kind} lacks {sorted(missing)}")
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts[name] for name in _ORIGINAL_QKV], dim=0)
     return out
 
 
 def timm_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`original_to_timm`: the original's flat ``transformer.*`` naming."""
+    """The inverse of :func:`original_to_timm` (the same table read backwards), splitting ``qkv``."""
     out: dict[str, torch.Tensor] = {}
-    simple = [
-        (r"^patch_embed\.proj\.", "transformer.embeddings.patch_embeddings."),
-        (r"^pos_embed$", "transformer.embeddings.position_embeddings"),
-        (r"^cls_token$", "transformer.embeddings.cls_token"),
-        (r"^norm\.", "transformer.encoder.encoder_norm."),
-        (r"^blocks\.(\d+)\.norm1\.", r"transformer.encoder.layer.\1.attention_norm."),
-        (r"^blocks\.(\d+)\.norm2\.", r"transformer.encoder.layer.\1.ffn_norm."),
-        (r"^blocks\.(\d+)\.attn\.proj\.", r"transformer.encoder.layer.\1.attn.out."),
-        (r"^blocks\.(\d+)\.mlp\.fc1\.", r"transformer.encoder.layer.\1.ffn.fc1."),
-        (r"^blocks\.(\d+)\.mlp\.fc2\.", r"transformer.encoder.layer.\1.ffn.fc2."),
-    ]
     for key, value in state.items():
-        match = re.match(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", key)
+        match = _FUSED_QKV.match(key)
         if match:
             layer, kind = match.groups()
-            query, key_part, value_part = value.chunk(3, dim=0)
-            for name, part in (("query", query), ("key", key_part), ("value", value_part)):
+            for name, part in zip(_ORIGINAL_QKV, value.chunk(3, dim=0)):
                 out[f"transformer.encoder.layer.{layer}.attn.{name}.{kind}"] = part.clone()
             continue
-        for pattern, replacement in simple:
-            if re.match(pattern, key):
-                out[re.sub(pattern, replacement, key)] = value
-                break
-        else:
-            out[key] = value
+        out[_rename(key, _TO_ORIGINAL)] = value
     return out
 
 

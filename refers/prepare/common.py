@@ -16,18 +16,16 @@ import shlex
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO, TypeVar
+from typing import Any, Iterable, Sequence, TextIO
 
 import yaml
 
 from refers import __version__
 from refers.base.atomic import atomic_write_text
-
-DATASET_YAML = "dataset.yaml"
-
-T = TypeVar("T")
-R = TypeVar("R")
-
+# dataset.yaml's reading and the parallel map are the data layer's (the packed cache and the
+# loaders use them too); prepare writes dataset.yaml and keeps these names for its modules.
+from refers.data.image_roots import DATASET_YAML, image_root_of, read_dataset_yaml  # noqa: F401
+from refers.data.parallel import parallel_map  # noqa: F401
 
 class PrepareError(ValueError):
     """Bad input or an unsafe request; the message names the file (and line) at fault."""
@@ -156,18 +154,6 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
-def read_dataset_yaml(folder: str | os.PathLike) -> dict[str, Any]:
-    """The ``dataset.yaml`` of a list folder, or ``{}`` when there is none."""
-    path = Path(folder) / DATASET_YAML
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
-    if not isinstance(data, dict):
-        raise PrepareError(f"{path}: not a mapping")
-    return data
-
-
 def write_dataset_yaml(
     folder: str | os.PathLike, info: dict[str, Any], files: Iterable[Path] = (), file_provenance: dict[str, Any] | None = None
 ) -> Path:
@@ -190,42 +176,7 @@ def write_dataset_yaml(
     return target
 
 
-def image_root_of(folder: str | os.PathLike) -> Path | None:
-    """The image root recorded in a list folder's ``dataset.yaml`` (resolved), or None."""
-    info = read_dataset_yaml(folder)
-    root = info.get("image_root")
-    if not root:
-        return None
-    root = Path(root)
-    return root if root.is_absolute() else (Path(folder) / root).resolve()
-
-
 # --------------------------------------------------------------------------- parallel work
-
-
-def parallel_map(func: Callable[[T], R], items: Sequence[T], workers: int, desc: str, unit: str = "img") -> Iterator[R]:
-    """``func`` over ``items`` with a progress bar; in ``workers`` processes when > 1 (results unordered).
-
-    ``func`` must be picklable (a module-level function or a ``functools.partial`` of one).
-    """
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=None, dynamic_ncols=True)
-    try:
-        if workers <= 1 or len(items) < 2:
-            for item in items:
-                yield func(item)
-                bar.update()
-            return
-        import multiprocessing
-
-        chunksize = max(1, min(64, len(items) // (workers * 8)))
-        with multiprocessing.get_context("fork" if sys.platform == "linux" else None).Pool(workers) as pool:
-            for result in pool.imap_unordered(func, items, chunksize=chunksize):
-                yield result
-                bar.update()
-    finally:
-        bar.close()
 
 
 def default_workers() -> int:

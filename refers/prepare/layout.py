@@ -7,7 +7,8 @@
 | prepared images (resized, converted) | ``Data/<Dataset>/prepared/`` |
 
 A list line's path is relative to the dataset's *image root*: the folder recorded as
-``image_root`` in the list folder's ``dataset.yaml``, else the default below.
+``image_root`` in the list folder's ``dataset.yaml``, else one of the dataset's official layouts
+(:mod:`refers.data.image_roots`, the one resolver every command uses).
 """
 
 from __future__ import annotations
@@ -16,20 +17,12 @@ import os
 from pathlib import Path
 
 from refers.base import paths
+from refers.data.image_roots import PREPARED, image_roots, locate_image  # noqa: F401 (prepare's names for them)
+from refers.data.lists import read_list
 from refers.data.registry import DatasetSpec, get_dataset
-from refers.prepare.common import image_root_of
 
-PREPARED = "prepared"
-
-# Image root, relative to Data/<Dataset>/, when no dataset.yaml says otherwise. Candidates are tried in
-# order (the first existing wins) to cover the known download layouts.
-_DEFAULT_IMAGE_ROOTS = {
-    "MIMIC-CXR": (PREPARED,),
-    "NIH_ChestX-ray": (".",),
-    "Shenzhen_Tuberculosis": ("ChinaSet_AllFiles/CXR_png", "images/images", "images", "CXR_png"),
-    "COVID-19_Image_Data_Collection": ("images",),
-    "VinBigData_Chest_X-ray": (PREPARED,),
-}
+# Image roots (dataset.yaml, the official layouts, finding a listed image) are the data layer's
+# (refers.data.image_roots): one resolver for preparation, fine-tuning, pre-training and the packed cache.
 
 
 def raw_dir(spec: DatasetSpec | str) -> Path:
@@ -49,41 +42,22 @@ def prepared_dir(spec: DatasetSpec | str, root: str | os.PathLike | None = None)
     return Path(root if root is not None else raw_dir(spec)) / PREPARED
 
 
-def default_image_root(spec: DatasetSpec | str, root: str | os.PathLike | None = None) -> Path:
-    """The image root of a dataset's raw folder when no ``dataset.yaml`` records one."""
-    spec = get_dataset(spec) if isinstance(spec, str) else spec
-    base = Path(root if root is not None else raw_dir(spec))
-    candidates = [base / rel for rel in _DEFAULT_IMAGE_ROOTS.get(spec.name, (".",))]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
-
-
 def image_root_for(spec: DatasetSpec | str, list_dir: str | os.PathLike | None = None) -> Path:
-    """The image root that a list folder's paths are relative to.
+    """The one image root of a list folder's lists (``refers prepare pack`` / ``check``).
 
-    ``image_root`` of ``<list_dir>/dataset.yaml`` when present (written by ``refers prepare``),
-    else the dataset's default under ``Data/<Dataset>/``.
+    The first candidate of :mod:`refers.data.image_roots` (``image_root`` of
+    ``<list_dir>/dataset.yaml``, then the dataset's official layouts under ``Data/<Dataset>/``) that
+    holds the first listed image. When none does, the first candidate that is a folder (so that
+    ``refers prepare check`` reports each missing image with its list line, as before).
     """
+    from refers.base.errors import UserError
+
     spec = get_dataset(spec) if isinstance(spec, str) else spec
-    recorded = image_root_of(list_dir if list_dir is not None else lists_dir(spec))
-    return recorded if recorded is not None else default_image_root(spec)
-
-
-def locate_image(image_root: str | os.PathLike, relative: str) -> Path | None:
-    """The file a list path names, or None when it is not on disk.
-
-    Besides ``<root>/<relative>`` this accepts NIH's download layouts for a list path
-    ``images_XXX/NAME.png``: ``images_XXX/images/NAME.png`` (the unpacked archives) and one flat
-    ``images/NAME.png`` folder (the original README's layout). Never leaves the image root.
-    """
-    from refers.base.paths import safe_join
-
-    direct = safe_join(image_root, relative)
-    if direct.is_file():
-        return direct
-    parts = relative.replace("\\", "/").split("/")
-    if len(parts) >= 2:
-        for alternative in ("/".join([*parts[:-1], "images", parts[-1]]), "images/" + parts[-1]):
-            candidate = safe_join(image_root, alternative)
-            if candidate.is_file():
-                return candidate
-    return None
+    folder = Path(list_dir) if list_dir is not None else lists_dir(spec)
+    roots = image_roots(spec.name, folder)
+    try:
+        first = next((path for name in ("train.txt", "val.txt", "valid.txt", "test.txt") if (folder / name).is_file()
+                      for path in read_list(folder / name).paths[:1]), None)
+        return roots.root_for(first, f"the images of {folder}")
+    except (UserError, ValueError):  # no root holds it, or a bad list: check reports each line
+        return next((root for root in roots.roots if root.is_dir()), roots.roots[0])
