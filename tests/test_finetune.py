@@ -152,17 +152,17 @@ def test_resume_continues_exactly(datasets, tmp_path, monkeypatch):
         return finetune_main([*args, "--init", "scratch", "--num_steps", "6", "--eval_every", "3", *extra])
 
     assert run("full") == 0
-    real_step, calls = train_module.train_step, []
+    real_loss, calls = train_module.classification_loss, []
 
     def interrupted(*a, **k):
         calls.append(1)
         if len(calls) == 5:
             raise KeyboardInterrupt
-        return real_step(*a, **k)
+        return real_loss(*a, **k)
 
-    monkeypatch.setattr(train_module, "train_step", interrupted)
+    monkeypatch.setattr(train_module, "classification_loss", interrupted)
     assert run("cut") == 130
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    monkeypatch.setattr(train_module, "classification_loss", real_loss)
     assert torch.load(tmp_path / "output" / "cut_last.pth", weights_only=True)["step"] == 3
     assert run("cut", "--resume") == 0
     full = torch.load(tmp_path / "output" / "full_last.pth", weights_only=True)

@@ -27,7 +27,7 @@ WORKER = textwrap.dedent("""
     from refers.finetune.data import DataSetup, build_dataset
     from refers.finetune.early_stopping import EarlyStopping, decide
     from refers.finetune.evaluate import evaluate
-    from refers.finetune.precision import make_precision
+    from refers.engine.precision import make_precision
     from refers.models.vit import build_vit
 
     list_file, data_root, out = sys.argv[1:4]
@@ -98,7 +98,7 @@ def test_ddp_eval_exactly_once_and_shared_stopping(shenzhen, tmp_path):
     from refers.engine.distributed import DistInfo
     from refers.finetune.data import DataSetup, build_dataset
     from refers.finetune.evaluate import evaluate
-    from refers.finetune.precision import make_precision
+    from refers.engine.precision import make_precision
     from refers.models.vit import build_vit
 
     setup = DataSetup("Shenzhen_Tuberculosis", ("Tuberculosis",), odd.parent, (data,), 2, (1,), True)

@@ -61,7 +61,7 @@ def eval_benchmark(preset: Preset, device: torch.device, precision: str, batch_s
     from refers.engine.distributed import DistInfo
     from refers.finetune.evaluate import evaluate
     from refers.finetune.model import build_classifier
-    from refers.finetune.precision import make_precision
+    from refers.engine.precision import make_precision
 
     from refers.bench.steps import loader_output_is_uint8
     from refers.data.device_transforms import DeviceNormalize

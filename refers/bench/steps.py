@@ -1,19 +1,20 @@
 """Training-step benchmarks: throughput, model FLOPs, MFU, and our step's overhead over a bare loop.
 
-The fine-tuning step measured is the project's own :func:`refers.finetune.train.train_step`; the
-bare loop beside it is what anyone would write by hand with the same timm model, batch, loss
+Both stages are timed through the training engine's own step (:class:`refers.engine.step.OptimStep`,
+what :class:`refers.engine.trainer.Trainer` runs), with each stage's loss: fine-tuning's
+:func:`refers.finetune.train.classification_loss` and pre-training's
+:func:`refers.engine.pretrain_loop.study_loss` (forward of
+:class:`refers.models.refers_model.RefersModel`, backward, clipping, Lookahead SGD, scheduler).
+
+The bare loop beside the fine-tuning step (:class:`BareLoop`, the only other place in the library
+that calls ``.backward()``) is what anyone would write by hand with the same timm model, batch, loss
 (BCE with logits), optimiser (SGD, momentum 0.9), clipping, scheduler and precision, and nothing
 else. Both run in this process on the same batch, in interleaved blocks, and the overhead is the
 median of the per-block time ratios minus one.
-
-The pre-training step is the body of :class:`refers.engine.pretrain_loop.PretrainRun` (forward of
-:class:`refers.models.refers_model.RefersModel`, backward, clipping, Lookahead SGD, scheduler) on a
-random batch of studies.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import logging
@@ -27,8 +28,6 @@ from refers.bench.peaks import device_name, mfu
 from refers.bench.timing import interleaved, median, paired_ratios, synchronize, timed
 
 logger = logging.getLogger(__name__)
-
-PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 @dataclass(frozen=True)
@@ -69,11 +68,6 @@ def resolve_precision(name: str | None, device: torch.device) -> str:
             return "fp32"
         return name
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = PRECISION_DTYPES[precision]
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -123,18 +117,20 @@ class BareLoop:
 
     def __init__(self, model: nn.Module, lr: float, warmup: int, steps: int, max_grad_norm: float,
                  device: torch.device, precision: str):
+        from refers.engine.precision import named_precision
         from refers.finetune.train import build_scheduler
 
-        self.model, self.device, self.precision = model, device, precision
+        self.model, self.device = model, device
+        self.precision = named_precision(precision, device)  # autocast and the scaler, as every run gets them
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         self.scheduler = build_scheduler(self.optimizer, "cosine", warmup, steps)
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
+        self.scaler = self.precision.scaler
         self.max_grad_norm = max_grad_norm
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
-        with autocast(self.device, self.precision):
+        with self.precision.autocast():
             logits = self.model(images)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -163,11 +159,10 @@ def finetune_benchmark(preset: Preset, device: torch.device, precision: str, bat
         A JSON-ready dict (see :mod:`refers.bench.report`).
     """
     from refers.data.device_transforms import DeviceNormalize
-    from refers.engine.distributed import DistInfo
-    from refers.engine.sampling import DataPosition
+    from refers.engine.precision import named_precision
+    from refers.engine.step import OptimStep
     from refers.finetune.model import build_classifier
-    from refers.finetune.precision import make_precision
-    from refers.finetune.train import build_scheduler, train_step
+    from refers.finetune.train import build_scheduler, classification_loss
 
     batch = batch_size or preset.batch_size
     torch.manual_seed(0)
@@ -184,13 +179,11 @@ def finetune_benchmark(preset: Preset, device: torch.device, precision: str, bat
         ours_images, float_images, targets = ours_images.pin_memory(), float_images.pin_memory(), targets.pin_memory()
 
     total_steps = warmup + 2 * steps * repeats + 10
-    args = argparse.Namespace(freeze_backbone=False, gradient_accumulation_steps=1, max_grad_norm=1.0)
-    info = DistInfo(device=device)
-    ours_precision = make_precision(precision == "fp16", precision == "bf16", 0.0, device, say=False)
     params = [p for p in ours_model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=3e-2, momentum=0.9)
     scheduler = build_scheduler(optimizer, "cosine", 1, total_steps)
-    position = DataPosition()
+    ours_step = OptimStep(ours_model, classification_loss, optimizer, scheduler, named_precision(precision, device),
+                          params, clip_norm=1.0)
     batches = itertools.repeat((ours_images, targets, torch.arange(batch)))
     bare = BareLoop(bare_model, 3e-2, 1, total_steps, 1.0, device, precision)
     flops = count_flops(lambda: bare.step(float_images, targets))  # eager: the counter does not see inside compiled graphs
@@ -198,16 +191,20 @@ def finetune_benchmark(preset: Preset, device: torch.device, precision: str, bat
         ours_model.compile()
         bare_model.compile()
 
+    def ours() -> None:  # one step as the trainer makes it (train mode, then the step)
+        ours_model.train()
+        ours_step(batches)
+
     def ours_block() -> None:
         for _ in range(steps):
-            train_step(ours_model, params, batches, position, optimizer, scheduler, ours_precision, args, info)
+            ours()
 
     def bare_block() -> None:
         for _ in range(steps):
             bare.step(float_images, targets)
 
     for _ in range(warmup):
-        train_step(ours_model, params, batches, position, optimizer, scheduler, ours_precision, args, info)
+        ours()
         bare.step(float_images, targets)
     times = interleaved({"ours": ours_block, "bare": bare_block}, repeats, device)
     ratios = paired_ratios(times["ours"], times["bare"])
@@ -259,6 +256,9 @@ def pretrain_benchmark(preset: Preset, device: torch.device, precision: str, bat
                        steps: int = 3, repeats: int = 3, warmup: int = 1, compile_model: bool = False) -> dict[str, Any]:
     """Throughput (studies/s, images/s), FLOPs and MFU of the pre-training step."""
     from refers.engine.optim import OptimSettings, build_optimizer, build_scheduler
+    from refers.engine.precision import named_precision
+    from refers.engine.pretrain_loop import study_loss
+    from refers.engine.step import OptimStep
     from refers.models.refers_model import build_refers_model
 
     cfg = pretrain_config(preset.pretrain_config, device)
@@ -269,22 +269,15 @@ def pretrain_benchmark(preset: Preset, device: torch.device, precision: str, bat
     settings = OptimSettings.from_config(cfg)
     optimizer = build_optimizer(model, settings)
     scheduler = build_scheduler(optimizer, settings)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
     studies = fake_studies(cfg, batch, device)
     clip = cfg.OPTIM.CLIP_GRAD_NORM
+    engine_step = OptimStep(model, lambda m, b, p: study_loss(m, b, p, device), optimizer, scheduler,
+                            named_precision(precision, device), list(model.parameters()), clip if clip > 0 else None)
+    batches = itertools.repeat(studies)
     model.train()
 
-    def step() -> None:  # the body of PretrainRun._train
-        with autocast(device, precision):
-            loss = model(studies)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+    def step() -> None:  # the trainer's step of a pre-training run
+        engine_step(batches)
 
     def block() -> None:
         for _ in range(steps):

@@ -131,6 +131,8 @@ def _schema() -> dict[str, Any]:
             "OPTIMIZER_NAME": "sgd",
             # Total batch size across all processes (divided by the world size).
             "BATCH_SIZE": 2,
+            # Micro-batches per optimiser step (BATCH_SIZE is split into this many; DDP syncs on the last).
+            "ACCUMULATION_STEPS": 1,
             # Peak learning rate of everything but BERT, and of BERT.
             "LR": 3e-3,
             "BERT_LR": 3e-4,
@@ -212,6 +214,7 @@ RULES: dict[str, dict[str, Any]] = {
     "LOSS.LAMBDA": _UNIT,
     "OPTIM.OPTIMIZER_NAME": {"choices": ("sgd", "adamw")},
     "OPTIM.BATCH_SIZE": _POSITIVE,
+    "OPTIM.ACCUMULATION_STEPS": _POSITIVE,
     "OPTIM.LR": _POSITIVE,
     "OPTIM.BERT_LR": _NON_NEGATIVE,
     "OPTIM.MOMENTUM": {**_UNIT, "open_high": True},

@@ -1,13 +1,13 @@
 """Validation of a pre-training run: mean losses and image/report retrieval on the val studies.
 
 Every rank evaluates its shard of the validation set (padded so all ranks run the same number of
-batches, which keeps collectives inside the model matched); losses are averaged and embeddings
-gathered across ranks, and the padding repeats are dropped by study index before retrieval.
+batches, which keeps collectives inside the model matched); losses are averaged across ranks, and
+the embeddings are gathered in study order with the padding repeats dropped
+(:func:`refers.engine.sharded.gather_in_order`, as fine-tuning's evaluation) before retrieval.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 import torch
@@ -15,7 +15,9 @@ import torch.distributed as dist
 from torch import nn
 
 from refers.engine.distributed import DistInfo
+from refers.engine.precision import Precision
 from refers.engine.sampling import ResumableBatchSampler
+from refers.engine.sharded import gather_in_order
 from refers.eval.retrieval import retrieval_recall
 
 
@@ -27,22 +29,13 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return study_batch_to_device(batch, device)
 
 
-def _gather_cat(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Concatenate equally shaped tensors of every rank along dim 0 (rank order)."""
-    if not info.distributed:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Any,
     sampler: ResumableBatchSampler,
     info: DistInfo,
-    autocast: Callable[[], contextlib.AbstractContextManager],
+    precision: Precision,
     decode: Callable[[list[int]], str] | None = None,
     max_length: int = 100,
 ) -> tuple[dict[str, float], tuple[str, str] | None]:
@@ -51,7 +44,7 @@ def evaluate(
     Args:
         model: the unwrapped model (``forward``, ``encode_images``, ``encode_reports``).
         loader, sampler: the validation loader and its (unshuffled, padded) batch sampler.
-        autocast: returns the autocast context used in training.
+        precision: the autocast used in training.
         decode: when given (``--log-text``), also return (generated, reference) text of the first
             validation study.
 
@@ -70,7 +63,7 @@ def evaluate(
     index_batches = [[index for index, _ in batch] for batch in sampler]
     for batch_indices, batch in zip(index_batches, loader):
         batch = to_device(batch, device)
-        with autocast():
+        with precision.autocast():
             output = model(batch)
             image_vec = model.encode_images(batch["images"])
             report_vec = model.encode_reports(batch["bert_input_ids"], batch["bert_attention_mask"])
@@ -90,12 +83,9 @@ def evaluate(
         dist.all_reduce(totals)
     metrics = {name: (totals[i] / totals[-1]).item() for i, name in enumerate(names)}
 
-    all_images = _gather_cat(torch.cat(images), info)
-    all_reports = _gather_cat(torch.cat(reports), info)
-    all_indices = _gather_cat(torch.cat(indices), info)
-    # Drop the padding repeats: keep the first row of each study index.
-    order = torch.argsort(all_indices, stable=True)
-    keep = order[torch.cat([torch.tensor([True], device=device), all_indices[order][1:] != all_indices[order][:-1]])]
-    metrics.update(retrieval_recall(all_images[keep], all_reports[keep]))
+    columns = {"images": torch.cat(images).cpu().numpy(), "reports": torch.cat(reports).cpu().numpy()}
+    _, gathered, _ = gather_in_order(torch.cat(indices).cpu().numpy(), columns, info)
+    all_images, all_reports = (torch.from_numpy(gathered[k]).to(device) for k in ("images", "reports"))
+    metrics.update(retrieval_recall(all_images, all_reports))
     model.train(was_training)
     return metrics, sample

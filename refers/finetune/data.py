@@ -1,4 +1,4 @@
-"""Fine-tuning data: which list files, where their images are, transforms, and the evaluation shards.
+"""Fine-tuning data: which list files, where their images are and transforms.
 
 Lists come from ``DataProcessed/<Dataset>/`` (``--list_dir``); ``--data_volume`` picks the fraction
 files written by ``refers prepare`` (``train_<pct>_seed<k>.txt``, or ``train_<pct>.txt`` without
@@ -255,16 +255,6 @@ def build_dataset(setup: DataSetup, list_file: Path, img_size: int, train: bool,
     where = [f"{images.source}:{line}" for line in images.line_numbers]
     transform = train_transform(img_size, min_crop_area) if train else eval_transform(img_size)
     return ListDataset(files, images.labels, transform, img_size, where, skip_bad, replace=train), images
-
-
-def shard_range(size: int, world_size: int, rank: int) -> range:
-    """Contiguous share of ``range(size)`` for ``rank``: every index on exactly one rank, no padding.
-
-    Concatenating the shards of ranks 0..W-1 gives back the list order.
-    """
-    base, extra = divmod(size, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
 
 
 def default_workers(world_size: int) -> int:

@@ -2,7 +2,8 @@
 
 A ``DistributedSampler`` pads the last batch with repeated images so that ranks have equal shares,
 which counts those images twice in the AUC. Here each rank scores a contiguous shard (no padding,
-shards may differ by one image) and the shards are gathered in rank order, which is list order.
+shards may differ by one image) and :func:`refers.engine.sharded.gather_in_order` gathers them in
+list order.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from refers.data.device_transforms import to_model_input
 from refers.engine.distributed import DistInfo
-from refers.finetune.data import collate_dropping_none, shard_range
-from refers.finetune.precision import Precision
+from refers.engine.precision import Precision
+from refers.engine.sharded import gather_in_order, shard_range
+from refers.finetune.data import collate_dropping_none
 
 
 @dataclass
@@ -74,16 +75,8 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, info: DistInfo
         probs.append(torch.sigmoid(logits).numpy())
     model.train(was_training)
     part = _concat(indices, labels, probs, width=int(dataset.labels.shape[1]))
-    parts = [(*part, loss_sum)]
-    if info.distributed:
-        parts = [None] * info.world_size
-        dist.all_gather_object(parts, (*part, loss_sum))
-    all_indices = np.concatenate([p[0] for p in parts])
-    order = np.argsort(all_indices, kind="stable")
-    all_labels = np.concatenate([p[1] for p in parts])[order]
-    all_probs = np.concatenate([p[2] for p in parts])[order]
-    total = float(sum(p[3] for p in parts))
-    return EvalResult(all_indices[order], all_labels, all_probs, total / max(1, all_labels.size))
+    all_indices, columns, sums = gather_in_order(part[0], {"labels": part[1], "probs": part[2]}, info, {"loss": loss_sum})
+    return EvalResult(all_indices, columns["labels"], columns["probs"], sums["loss"] / max(1, columns["labels"].size))
 
 
 def _concat(indices: list, labels: list, probs: list, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from refers.engine.distributed import DistInfo
 from refers.finetune.data import ListDataset, eval_transform
 from refers.finetune.evaluate import evaluate
 from refers.finetune.model import load_finetuned
-from refers.finetune.precision import make_precision
+from refers.engine.precision import make_precision
 
 logger = logging.getLogger(__name__)
 

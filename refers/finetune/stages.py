@@ -33,13 +33,14 @@ def run(argv: Sequence[str] | None, prog: str, stage: str) -> int:
 
     from refers.engine.distributed import cleanup, init_distributed
 
+    code = 0
     info = init_distributed(args.local_rank if args.local_rank >= 0 else None, args.device)
     setup_logging(info.is_main)
     try:
         if args.stage == "train":
             from refers.finetune.train import train
 
-            train(args, info, argv)
+            code = train(args, info, argv).exit_code  # 128 + signal when SIGTERM/SIGINT stopped it
         else:
             from refers.finetune.testing import run_test
 
@@ -52,7 +53,7 @@ def run(argv: Sequence[str] | None, prog: str, stage: str) -> int:
         raise UserError(str(error).strip().splitlines()[-1].split("UnreadableImageError: ", 1)[-1]) from None
     finally:
         cleanup(info)
-    return 0
+    return code
 
 
 def run_command(argv: Sequence[str]) -> int:

@@ -36,7 +36,7 @@ from refers.finetune.config import FinetuneArgs, to_plain, with_checkpoint
 from refers.finetune.data import build_dataset, default_workers, resolve_data
 from refers.finetune.evaluate import evaluate
 from refers.finetune.model import load_finetuned
-from refers.finetune.precision import make_precision
+from refers.engine.precision import make_precision
 from refers.base.paths import results_dir
 from refers.base.digest import sha256_file
 
