@@ -1,7 +1,8 @@
 """Running a sweep's plan (:mod:`refers.sweep`): commands, the command log, selection, skipping.
 
 Three phases: train every candidate of every group and seed (skipping runs already recorded as
-finished), choose each group's candidate on the mean validation AUC over its seeds, and test the
+finished; an unfinished one continues from its resume state with ``--resume``, and one that failed
+before saving any replaces its earlier attempt with ``--overwrite``), choose each group's candidate on the mean validation AUC over its seeds, and test the
 chosen checkpoints (skipping tests whose prediction files already exist).
 
 Commands run as subprocesses from the sweep's ``workdir`` (``--jobs N`` at a time), or, with
@@ -26,11 +27,13 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from refers.base.atomic import atomic_write_text
+from refers.base.earlier_runs import existing
+from refers.finetune.run_files import checkpoint_paths, run_outputs
 from refers.sweep import Run, SweepConfig, command_line, in_process_argv, plan_test, plan_training, train_option
 
 RECORD = "sweep_record.json"  # written into a training run's folder once it has finished
@@ -61,7 +64,18 @@ class SweepOutcome:
 
 def checkpoint_path(run: Run) -> Path:
     """The best-validation-AUC checkpoint that ``train.py`` writes (the original's name)."""
-    return Path(train_option(run, "output_dir")) / f"{train_option(run, 'name')}_bestauc_checkpoint.bin"
+    return checkpoint_paths(train_option(run, "output_dir"), train_option(run, "name"))["auc"]
+
+
+def continuation(run: Run) -> tuple[str, ...]:
+    """How an unfinished training run starts: ``--resume`` from its resume state, ``--overwrite``
+    over an earlier attempt that saved none (the sweep owns its run folders), or afresh."""
+    if run.kind != "train":
+        return ()
+    output_dir, name = train_option(run, "output_dir"), train_option(run, "name")
+    if checkpoint_paths(output_dir, name)["state"].is_file():
+        return ("--resume",)
+    return ("--overwrite",) if existing(run_outputs(output_dir, name, train_option(run, "log_dir"))) else ()
 
 
 def best_validation_auc(run: Run) -> float | None:
@@ -117,7 +131,8 @@ class Executor:
             with self.config.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(text + "\n")
 
-    def execute(self, run: Run) -> RunResult:
+    def execute(self, planned: Run) -> RunResult:
+        run = replace(planned, args=planned.args + continuation(planned))
         run.run_dir.mkdir(parents=True, exist_ok=True)
         log_file = run.run_dir / f"{run.kind}.log"
         device = self._slots.get()
@@ -130,14 +145,14 @@ class Executor:
                 code = _run_in_process(in_process_argv(run), self.config.workdir, log_file)
             else:
                 env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(device)} if device is not None else {})}
-                with log_file.open("w", encoding="utf-8") as handle:
+                with log_file.open("a", encoding="utf-8") as handle:
                     code = subprocess.call(command_line(self.config, run), cwd=self.config.workdir, env=env,
                                            stdout=handle, stderr=subprocess.STDOUT)
         finally:
             self._slots.put(device)
         seconds = time.perf_counter() - start
         self._log(f"# exit {code} after {seconds:.1f} s; output in {log_file}")
-        return RunResult(run, code, seconds, log_file)
+        return RunResult(planned, code, seconds, log_file)
 
 
 @contextlib.contextmanager
@@ -176,7 +191,7 @@ def _run_in_process(argv: list[str], workdir: Path, log_file: Path) -> int:
     """``refers <argv>`` in this process, its output into ``log_file``; the exit code, never an exception."""
     from refers.finetune.stages import run_command
 
-    with log_file.open("w", encoding="utf-8") as handle, _working_directory(workdir), _console_logging_to(handle), \
+    with log_file.open("a", encoding="utf-8") as handle, _working_directory(workdir), _console_logging_to(handle), \
             contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
         try:
             return int(run_command(argv) or 0)
@@ -310,8 +325,9 @@ def _print_plan(config: SweepConfig, train_runs: list[Run], print_fn: Callable[[
     """The commands a sweep would run; finished ones are shown commented out."""
     print_fn(f"# sweep {config.name}: {len(train_runs)} fine-tuning run(s), run from {config.workdir}")
     for run in train_runs:
-        mark = "# done: " if _train_done(run) else ""
-        print_fn(f"{mark}{shlex.join(command_line(config, run))}")
+        done = _train_done(run)
+        shown = run if done else replace(run, args=run.args + continuation(run))
+        print_fn(f"{'# done: ' if done else ''}{shlex.join(command_line(config, shown))}")
     choices: dict[tuple[str, int, str], set[str]] = {}
     for run in train_runs:
         choices.setdefault(run.group, set()).add(run.candidate)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from refers.base.errors import UserError
 from refers.engine.distributed import DistInfo
 from refers.engine.precision import Precision
 from refers.engine.pretrain_loop import LoopOptions, TrainParts, run_pretraining
@@ -112,7 +113,7 @@ def test_pretraining_accumulation_2_x_half_batch_equals_1_x_batch(tmp_path):
 
 def test_batch_not_divisible_by_accumulation_is_refused(tmp_path):
     cfg = toy_config(iterations=2, batch=4, OPTIM__ACCUMULATION_STEPS="3")
-    with pytest.raises(ValueError, match="ACCUMULATION_STEPS 3"):
+    with pytest.raises(UserError, match="ACCUMULATION_STEPS 3"):
         run_pretraining(cfg, LoopOptions(serialization_dir=tmp_path), DistInfo(), lambda c, d: None)
 
 

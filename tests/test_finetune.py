@@ -29,7 +29,7 @@ def datasets(finetune_datasets) -> dict[str, tuple[Path, Path]]:
 def common(datasets, dataset: str, out: Path, name: str = "run") -> list[str]:
     lists, data = datasets[dataset]
     return ["--name", name, "--dataset", dataset, "--list_dir", str(lists), "--data_root", str(data),
-            "--output_dir", str(out / "output"), "--log_dir", str(out / "logs"), "--results_dir", str(out / "results"),
+            "--output_dir", str(out / "output"), "--log_dir", str(out / "logs" / name), "--results_dir", str(out / "results"),
             "--model_type", "ViT-nano_8", "--img_size", "32", "--train_batch_size", "8", "--eval_batch_size", "16",
             "--num_workers", "0", "--warmup_steps", "1", "--learning_rate", "0.03"]
 
@@ -50,7 +50,7 @@ def test_binary_train_test_predict(datasets, tmp_path, caplog):
     assert state["head.weight"].shape == (1, 64) and "blocks.1.attn.qkv.weight" in state
     meta = json.loads((tmp_path / "output" / "run_bestauc_checkpoint.bin.json").read_text())
     assert meta["classes"] == ["Tuberculosis"] and meta["img_size"] == 32 and meta["synthetic"] is True
-    rows = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    rows = (tmp_path / "logs" / "run" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]  # validated at --eval_every and at the end
     assert "fp32 on the CPU" in caplog.text
 

@@ -27,7 +27,7 @@ def command(datasets, out: Path, *extra: str) -> list[str]:
 
 def validations(out: Path) -> list[list[str]]:
     """metrics.csv rows without the seconds column."""
-    path = out / "logs" / "metrics.csv"
+    path = out / "logs" / "run" / "metrics.csv"  # common(): --log_dir <out>/logs/<name>
     if not path.is_file():
         return []
     rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line and line[0].isdigit()]

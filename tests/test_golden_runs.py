@@ -104,9 +104,10 @@ def pretrain_record(run: Path) -> dict[str, Any]:
 
 
 def finetune_record(out: Path, name: str = "run") -> dict[str, Any]:
-    with open(out / "logs" / "metrics.csv", newline="", encoding="utf-8") as handle:
+    logs = out / "logs" / name  # tests.test_finetune.common's --log_dir
+    with open(logs / "metrics.csv", newline="", encoding="utf-8") as handle:
         rows = [row for row in csv.DictReader(handle)]
-    return {"scalars": scalars(out / "logs"),
+    return {"scalars": scalars(logs),
             "metrics_csv": [{k: v for k, v in row.items() if k != "seconds"} for row in rows],
             "sha256": {f"{name}_last.pth:model": state_sha256(load(out / "output" / f"{name}_last.pth")["model"]),
                        f"{name}_bestauc_checkpoint.bin": state_sha256(load(out / "output" / f"{name}_bestauc_checkpoint.bin"))}}

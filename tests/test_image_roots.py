@@ -60,7 +60,7 @@ def test_finetuning_shenzhen_without_dataset_yaml_finds_the_official_layout(proj
 
     # A listed image that is nowhere: the error names the list line and every place tried.
     (lists / "train.txt").write_text("CHNCXR_9999_1.png 0 1\n")
-    assert finetune_main([*args, "--stage", "train"]) == 1
+    assert finetune_main([*args, "--stage", "train", "--overwrite"]) == 1
     err = capsys.readouterr().err
     base = project / "Data" / SHENZHEN
     assert "image CHNCXR_9999_1.png not found" in err and "train.txt:1" in err

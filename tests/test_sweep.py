@@ -384,3 +384,38 @@ def test_unresolved_placeholder_is_refused_before_anything_runs(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]  # no runs/, no ${OUT}/
     assert main([str(write_grid(tmp_path, {**GRID, "seeds": [0]}, workdir="${HOME}")), "--dry-run"]) == 2
     assert "workdir: unresolved placeholder ${HOME}" in capsys.readouterr().err
+
+
+def test_a_rerun_resumes_the_interrupted_run_and_replaces_the_failed_attempt(tmp_path, monkeypatch, capsys):
+    """Run 1: one run is interrupted after saving its resume state (exit 143), one fails after a
+    validation but before any resume state (exit 1). Run 2 continues the first with --resume,
+    replaces the second with --overwrite, and starts none of the finished ones again."""
+    calls: list[list[str]] = []
+    finish = fake_command(calls)
+
+    def first(argv, workdir, log_file):
+        args = tuple(argv)
+        name, out = option(args, "name"), Path(option(args, "output_dir"))
+        if argv[0] == "finetune" and name == "nih_1_REFERS_s0" and "learning_rate=0.1" in str(out):
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{name}_last.pth").write_bytes(b"state")
+            return 143
+        if argv[0] == "finetune" and name == "nih_1_REFERS_s1" and "learning_rate=0.1" in str(out):
+            finish(argv, workdir, log_file)  # validated (metrics, best checkpoint) ...
+            (out / f"{name}_bestauc_checkpoint.bin").unlink()  # ... then failed
+            return 1
+        return finish(argv, workdir, log_file)
+
+    path = small_grid(tmp_path)
+    monkeypatch.setattr(sweep_runner, "_run_in_process", first)
+    assert main([str(path)]) == 1
+    trained_first = sum(c[0] == "finetune" for c in calls)
+    calls.clear()
+    monkeypatch.setattr(sweep_runner, "_run_in_process", finish)
+    assert main([str(path)]) == 0
+    again = {option(tuple(c), "name"): c for c in calls if c[0] == "finetune"}
+    assert set(again) == {"nih_1_REFERS_s0", "nih_1_REFERS_s1"} and trained_first == len(plan_training(load_config(path))) - 1  # the interrupted one is not in calls
+    assert "--resume" in again["nih_1_REFERS_s0"] and "--overwrite" not in again["nih_1_REFERS_s0"]
+    assert "--overwrite" in again["nih_1_REFERS_s1"] and "--resume" not in again["nih_1_REFERS_s1"]
+    log = (load_config(path).output_dir / "commands.log").read_text()
+    assert "--resume" in log  # the command log shows what was really run

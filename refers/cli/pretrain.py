@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--resume-from", default=None, metavar="PATH|auto",
                         help="a checkpoint_{iteration}.pth to continue from, or 'auto' for the latest in --serialization-dir")
     resume.add_argument("--resume", choices=["auto"], default=None, help="same as --resume-from auto")
+    resume.add_argument("--overwrite", action="store_true",
+                        help="start afresh although --serialization-dir holds an earlier run (its checkpoints, export, "
+                             "TensorBoard folder and log are removed first; without it such a run is refused)")
     parser.add_argument("--checkpoint-every", type=int, default=2000, help="iterations between checkpoints and validations")
     parser.add_argument("--log-every", type=int, default=20, help="iterations between log lines")
     parser.add_argument("--keep-checkpoints", type=int, default=None, metavar="K",
@@ -83,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_dist_url(args.dist_url)
     folder = _serialization_dir(args.serialization_dir)
     resume = _resume_path(args.resume_from or args.resume, folder)
+    if resume is None:
+        _claim(folder, args)
     launch = {"cfg": cfg.to_dict(), "folder": str(folder), "resume": str(resume) if resume else None,
               "gpus": gpus, "args": vars(args), "argv": argv}
     if torchrun:
@@ -159,11 +164,28 @@ def _check_dist_url(value: str) -> None:
 
 
 def _serialization_dir(value: str | None) -> Path:
+    from refers.base.atomic import check_output_dir
     from refers.base.paths import project_root
 
-    folder = Path(value) if value else project_root() / "Pre-train" / "runs" / "refers"
+    folder = check_output_dir(Path(value) if value else project_root() / "Pre-train" / "runs" / "refers",
+                              "--serialization-dir")
     folder.mkdir(parents=True, exist_ok=True)
     return folder.resolve()
+
+
+def _claim(folder: Path, args: argparse.Namespace) -> None:
+    """A fresh start must not mix into an earlier run's folder: refused, or (``--overwrite``) that run removed."""
+    from refers.base.earlier_runs import claim_run_folder
+    from refers.engine.pretrain_loop import run_outputs
+
+    instead = ("it has no checkpoint to continue from; choose another --serialization-dir" if args.resume
+               else "continue it with --resume auto")
+    # Every process checks (before the rendezvous, so before any writes); one removes.
+    first = args.machine_rank == 0 and os.environ.get("RANK", "0") == "0"
+    removed = claim_run_folder(run_outputs(folder), where=f"--serialization-dir {folder}", instead=instead,
+                               overwrite=args.overwrite, remove=first)
+    if removed and first:
+        print(f"{PROG}: --overwrite: removed {len(removed)} file(s) and folder(s) of the earlier run in {folder}", file=sys.stderr)
 
 
 def _resume_path(value: str | None, folder: Path) -> Path | None:
@@ -286,7 +308,9 @@ def _setup_logging(folder: Path, rank: int) -> None:
     formatter = logging.Formatter(f"%(asctime)s {'' if rank == 0 else f'[rank {rank}] '}%(levelname)s %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [_TqdmHandler()]
     if rank == 0:
-        handlers.append(logging.FileHandler(folder / "log.txt", encoding="utf-8"))
+        from refers.engine.pretrain_loop import LOG_NAME
+
+        handlers.append(logging.FileHandler(folder / LOG_NAME, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
         handler._refers_pretrain = True  # type: ignore[attr-defined]

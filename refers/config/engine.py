@@ -257,6 +257,18 @@ def _document(path: Path, mtime_ns: int, size: int) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
 
 
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"KEY: old -> new"`` for every (nested, dotted) key whose value differs, in key order."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changes += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
+
+
 def deep_update(target: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """Merge ``update`` into ``target`` key by key (nested mappings merge, anything else replaces)."""
     for key, value in update.items():

@@ -26,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from refers.base.errors import UserError
+from refers.config.engine import config_changes
 from refers.engine import train_state as ts
 from refers.engine.checkpoint_retention import prune_checkpoints
 from refers.engine.distributed import DistInfo
@@ -40,6 +42,15 @@ from refers.engine.trainer import Trainer
 log = logging.getLogger("refers.pretrain")
 
 EXPORT_NAME = "refers_checkpoint.pth"
+TENSORBOARD_DIR = "tensorboard"
+LOG_NAME = "log.txt"
+
+
+def run_outputs(folder: Path) -> list[Path]:
+    """What a pre-training run leaves in its folder (what ``--overwrite`` replaces): its checkpoints,
+    the export and its provenance, TensorBoard's folder and the log."""
+    return [*(path for _, path in ts.list_checkpoints(folder)), folder / EXPORT_NAME, folder / f"{EXPORT_NAME}.json",
+            folder / TENSORBOARD_DIR, folder / LOG_NAME]
 
 
 @dataclass
@@ -102,8 +113,8 @@ class PretrainRun:
         self.device = info.device
         world, self.accumulation = info.world_size, int(cfg.OPTIM.ACCUMULATION_STEPS)
         if cfg.OPTIM.BATCH_SIZE % (world * self.accumulation):
-            raise ValueError(f"OPTIM.BATCH_SIZE {cfg.OPTIM.BATCH_SIZE} is not divisible by the {world} processes "
-                             f"x OPTIM.ACCUMULATION_STEPS {self.accumulation}")
+            raise UserError(f"OPTIM.BATCH_SIZE {cfg.OPTIM.BATCH_SIZE} is not divisible by the {world} processes "
+                            f"x OPTIM.ACCUMULATION_STEPS {self.accumulation}", 2)
         self.batch_per_rank = cfg.OPTIM.BATCH_SIZE // world
         micro = self.batch_per_rank // self.accumulation
 
@@ -202,7 +213,7 @@ class PretrainRun:
         saved_world = len(state.get("rng") or [])
         if saved_world and saved_world != self.info.world_size:
             log.warning("checkpoint was written by %d processes, resuming with %d: data order and RNG differ", saved_world, self.info.world_size)
-        changed = _config_changes(state.get("config") or {}, self.cfg.to_dict())
+        changed = config_changes(state.get("config") or {}, self.cfg.to_dict())
         if changed:
             log.warning("configuration differs from the checkpoint's: %s", ", ".join(changed[:8]))
         return state
@@ -231,7 +242,7 @@ class PretrainRun:
     def run(self) -> int:
         if self.options.resume_from is not None:
             self.trainer.resume(self.options.resume_from)
-        self.runlog = RunLog(self.folder / "tensorboard", self.info.is_main)
+        self.runlog = RunLog(self.folder / TENSORBOARD_DIR, self.info.is_main)
         self._tick = time.perf_counter()
         try:
             code = self.trainer.run(compile_model=self.options.compile)
@@ -296,17 +307,6 @@ class PretrainRun:
                       "image_encoder": self.cfg.MODEL.VISUAL.NAME, "synthetic_data": self.parts.synthetic}
         save_encoder(encoder_state(self.model.state_dict()), out, "pth", provenance)
         log.info("exported the image encoder to %s (original key naming, for Fine-tune/)", out)
-
-
-def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += _config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changes
 
 
 def run_pretraining(

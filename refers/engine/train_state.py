@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from refers.base.checkpoints import atomic_torch_save, safe_load
+from refers.base.errors import UserError
 
 FORMAT = "refers-pretrain-state"
 VERSION = 1
@@ -148,11 +149,13 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training-state checkpoint (weights_only) and check its format.
 
     Raises:
-        ValueError: the file is not a pre-training state of this project (e.g. an export).
+        UserError: (exit 2) the file is not a pre-training state of this project (e.g. an export);
+            CheckpointError for a file that cannot be read.
     """
     state = safe_load(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a REFERS pre-training checkpoint (no {FORMAT!r} marker); cannot resume from it")
+        raise UserError(f"--resume-from {path} is not a REFERS pre-training checkpoint (no {FORMAT!r} marker); "
+                        "cannot resume from it (pass a checkpoint_<iteration>.pth)", 2)
     return state
 
 

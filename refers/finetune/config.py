@@ -109,6 +109,9 @@ class FinetuneArgs:
                              "pre-trained with MODEL.VISUAL.CONTRAST_POOLING mean)", choices=("token", "avg"))
     patience: int | None = _ours(None, "early-stopping patience (default: 10 NIH/VinBig, 20 COVID/Shenzhen)", **_NON_NEGATIVE)
     resume: bool = _ours(False, "continue the interrupted run <output_dir>/<name>_last.pth")
+    overwrite: bool = _ours(False, "replace an earlier run instead of refusing: training over the checkpoints and metrics "
+                            "of this --name in --output_dir/--log_dir (removed first), testing over the results of "
+                            "another checkpoint in the same results folder")
     skip_bad_images: bool = _ours(False, "skip (and count) missing or unreadable images instead of stopping")
     bf16: bool = _ours(False, "bfloat16 autocast on a GPU (no scaler); fp32 on a CPU")
     fp32: bool = _ours(False, "train in full fp32 on a GPU (default there: bfloat16 autocast where supported, or --fp16)")
@@ -259,6 +262,8 @@ def resolve(values: Mapping[str, Any]) -> FinetuneArgs:
         v[name] = spec.check(f"--{name}", v[name])
     if v["fp16"] and v["bf16"]:
         raise ConfigError("--fp16 and --bf16 exclude each other")
+    if v["resume"] and v["overwrite"]:
+        raise ConfigError("--resume and --overwrite exclude each other (continue the earlier run, or replace it)")
     return FinetuneArgs(**v)
 
 

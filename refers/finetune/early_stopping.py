@@ -50,6 +50,11 @@ class EarlyStopping:
             self.best_loss = loss
         return Decision(mean_auc, new_best_auc, new_best_loss, self.counter > self.patience, self.counter)
 
+    @property
+    def stopped(self) -> bool:
+        """The rule has ended the run (as the last decision said)."""
+        return self.counter > self.patience
+
     def state_dict(self) -> dict:
         return asdict(self)
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from refers.base.atomic import atomic_write_text
+from refers.base.atomic import atomic_write_text, check_output_dir
+from refers.base.errors import UserError
 from refers.data.lists import find_split_file
 from refers.engine.distributed import DistInfo
 from refers.base.synthetic import mark_synthetic
@@ -56,9 +57,14 @@ class TestOutcome:
 
 def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
     """Evaluate ``args.pretrained_dir`` on the test list; rank 0 writes the outputs."""
+    check_output_dir(args.results_dir or results_dir(), "--results_dir")
     model, settings = load_finetuned(args.pretrained_dir, args.model_type, args.img_size, args.num_classes)
     args = with_checkpoint(args, settings)  # the flags left unset, from the checkpoint's metadata
     setup = resolve_data(args)
+    name = setup.dataset if setup.dataset != "custom" else setup.list_dir.resolve().name
+    folder = Path(args.results_dir or results_dir()) / name / f"data{args.data_volume}" / args.method / f"seed{args.seed}"
+    checkpoint_sha = sha256_file(args.pretrained_dir)
+    check_earlier_results(folder, checkpoint_sha, args.overwrite)
     test_file = find_split_file(setup.list_dir, "test")
     dataset, _ = build_dataset(setup, test_file, args.img_size, False, args.skip_bad_images, args.packed_cache)
     model.to(info.device)
@@ -76,15 +82,30 @@ def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
         logger.warning("%s", warning.message)
     mean = mean_auc(aucs)
     ci = bootstrap_ci(result.labels, result.probs, n=BOOTSTRAP_RESAMPLES, seed=0)
-    name = setup.dataset if setup.dataset != "custom" else setup.list_dir.resolve().name
-    folder = Path(args.results_dir or results_dir()) / name / f"data{args.data_volume}" / args.method / f"seed{args.seed}"
     outcome = TestOutcome(folder, aucs, mean, ci, len(result.indices))
     if info.is_main:
-        write_outputs(outcome, args, setup, result, test_file, info)
+        write_outputs(outcome, args, setup, result, test_file, info, checkpoint_sha)
     return outcome
 
 
-def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_file: Path, info: DistInfo) -> None:
+def check_earlier_results(folder: Path, checkpoint_sha: str, overwrite: bool) -> None:
+    """Refuse (exit 2) to replace the results of another checkpoint in ``folder`` unless ``overwrite``;
+    testing the same checkpoint again replaces its own results."""
+    record = folder / "run_record.json"
+    if overwrite or not record.is_file():
+        return
+    try:
+        earlier = json.loads(record.read_text(encoding="utf-8"))["checkpoint"]
+        same, named = earlier["sha256"] == checkpoint_sha, earlier["path"]
+    except (ValueError, KeyError, TypeError):  # unreadable: not provably the same checkpoint's
+        same, named = False, "unreadable run_record.json"
+    if not same:
+        raise UserError(f"{folder} holds the results of another checkpoint ({named}); test into another "
+                        "--results_dir or --method, or replace them with --overwrite", 2)
+
+
+def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_file: Path, info: DistInfo,
+                  checkpoint_sha: str) -> None:
     """Prediction files, summary, ROC figure and run record (rank 0)."""
     folder = outcome.folder
     write_prediction_files(folder, setup.classes, result.labels, result.probs)
@@ -102,7 +123,7 @@ def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_
     write_roc(folder, setup, args, result)
     record = {
         "synthetic": setup.synthetic, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {"path": str(Path(args.pretrained_dir).resolve()), "sha256": sha256_file(args.pretrained_dir)},
+        "checkpoint": {"path": str(Path(args.pretrained_dir).resolve()), "sha256": checkpoint_sha},
         "test_list": {"path": str(test_file.resolve()), "sha256": sha256_file(test_file), "scored": outcome.n_images},
         "config": to_plain(args), "git_commit": git_commit(), "packages": package_versions(),
         "device": device_description(info.device, info.world_size),

@@ -31,7 +31,9 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from refers.base.atomic import check_output_dir
 from refers.base.checkpoints import safe_load
+from refers.base.earlier_runs import claim_run_folder
 from refers.base.errors import UnreadableImageError, UserError
 from refers.base.synthetic import mark_synthetic
 from refers.data.device_transforms import to_model_input
@@ -44,11 +46,13 @@ from refers.engine.step import StepResult
 from refers.engine.train_state import seed_everything
 from refers.engine.trainer import Trainer
 from refers.eval.metrics import mean_auc, per_class_auc
+from refers.config.engine import config_changes
 from refers.finetune.config import to_plain
 from refers.finetune.data import DataSetup, build_dataset, default_workers, fraction_file, resolve_data
 from refers.finetune.early_stopping import EarlyStopping, decide
 from refers.finetune.evaluate import evaluate
 from refers.finetune.model import build_classifier, freeze_backbone, initialise, save_finetuned
+from refers.finetune.run_files import checkpoint_paths, metrics_path, run_leftovers, run_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +73,23 @@ class Outcome:
     exit_code: int = 0
 
 
-def checkpoint_paths(args: argparse.Namespace) -> dict[str, Path]:
-    out = Path(args.output_dir)
-    return {"auc": out / f"{args.name}_bestauc_checkpoint.bin", "loss": out / f"{args.name}_bestloss_checkpoint.bin",
-            "state": out / f"{args.name}_last.pth"}
+# Flags that may change at --resume without changing the run (the others are warned about).
+RESUME_FREE_FLAGS = frozenset({"resume", "overwrite", "local_rank", "num_workers", "gpu", "skip_bad_images"})
+
+
+def check_outputs(args: argparse.Namespace, info: DistInfo) -> None:
+    """Before any work: the folders can be written, and a fresh run replaces no earlier one unless
+    ``--overwrite`` (every rank checks; rank 0 removes)."""
+    check_output_dir(args.output_dir, "--output_dir")
+    check_output_dir(args.log_dir, "--log_dir")
+    if args.resume:
+        return
+    removed = claim_run_folder(run_outputs(args.output_dir, args.name, args.log_dir),
+                               where=f"--output_dir {args.output_dir} / --log_dir {args.log_dir} (--name {args.name})",
+                               instead="continue it with --resume", overwrite=args.overwrite, remove=info.is_main,
+                               leftovers=run_leftovers(args.log_dir))
+    if removed and info.is_main:
+        logger.warning("--overwrite: removed %d file(s) of the earlier run %s", len(removed), args.name)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, decay_type: str, warmup_steps: int, num_steps: int):
@@ -119,7 +136,8 @@ class FinetuneRun:
         # args: frozen; img_size and the absolute folders are filled in by finetune.config.resolve
         self.config = to_plain(args)
         self.img_size = args.img_size
-        self.paths = checkpoint_paths(args)
+        check_outputs(args, info)
+        self.paths = checkpoint_paths(args.output_dir, args.name)
         self._build_data()
         self._build_model()
         self.trainer = Trainer(self, info)
@@ -237,6 +255,10 @@ class FinetuneRun:
         state = safe_load(path)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise UserError(f"--resume: {path} is not a fine-tuning state of this project")
+        saved = {k: v for k, v in (state.get("config") or {}).items() if k not in RESUME_FREE_FLAGS}
+        changed = config_changes(saved, {k: v for k, v in self.config.items() if k not in RESUME_FREE_FLAGS})
+        if changed and self.info.is_main:
+            logger.warning("--resume: flags differ from the interrupted run's: %s", ", ".join(changed[:8]))
         return state
 
     def restore_extra(self, state: dict[str, Any]) -> int:
@@ -269,14 +291,15 @@ class FinetuneRun:
         """Train (or resume) to the end; returns the same outcome on every rank."""
         args = self.args
         self.started = time.time()
-        self.runlog = RunLog(args.log_dir, self.info.is_main, Path(args.log_dir) / "metrics.csv", CSV_FIELDS,
+        self.runlog = RunLog(args.log_dir, self.info.is_main, metrics_path(args.log_dir), CSV_FIELDS,
                              fresh=not args.resume)
         seed_everything(args.seed + self.info.rank)  # dropout differs between ranks, as their data does
         if args.resume:
             self.trainer.resume(self.paths["state"])
         self._write_run_info()
         try:
-            code = self.trainer.run(compile_model=args.compile)
+            # A state saved when early stopping ended the run has nothing left to train.
+            code = 0 if self.stopper.stopped else self.trainer.run(compile_model=args.compile)
         except UnreadableImageError as error:  # from a DataLoader worker: the message's last line names the image
             message = str(error).strip().splitlines()[-1]
             raise UserError(message.split("UnreadableImageError: ", 1)[-1] + " (--skip_bad_images skips it)") from None
@@ -286,7 +309,7 @@ class FinetuneRun:
 
     def _outcome(self, code: int) -> Outcome:
         step, stopper = self.trainer.step, self.stopper
-        stopped_early = code == 0 and step < self.total_steps
+        stopped_early = code == 0 and self.stopper.stopped and step < self.total_steps
         if stopped_early:
             logger.info("early stop at step %d: %d validations in a row below the best mean AUC", step, stopper.counter)
         if code == 0 and self.info.is_main and not self.paths["auc"].is_file():
