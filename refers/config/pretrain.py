@@ -25,151 +25,175 @@ from refers.base.paths import project_root
 from refers.config.engine import ConfigError, Spec, did_you_mean, flatten, read_yaml, spec_of_default
 
 
+def _data_defaults() -> dict[str, Any]:
+    return {
+        # Folder the lists' image paths are relative to (the original's DATA.ROOT); "" = the
+        # image_root of the dataset.yaml beside TRAIN_LIST, else Data/MIMIC-CXR/prepared, else
+        # Data/MIMIC-CXR.
+        "IMAGE_ROOT": "",
+        # Training / validation studies: a prepared study index (``refers prepare mimic``) or an
+        # original ``{split}_img_caption_patients.txt`` file (folder <TAB> report).
+        "TRAIN_LIST": "DataProcessed/MIMIC/train_studies.jsonl",
+        "VAL_LIST": "DataProcessed/MIMIC/val_studies.jsonl",
+        # SentencePiece BPE model of the report decoder (``refers tokenizer train`` writes it;
+        # pre-training trains it when the file does not exist).
+        "TOKENIZER_MODEL": "DataProcessed/MIMIC/tokenizer/reports_bpe.model",
+        # WordPiece tokenizer folder of a BERT built from config (ignored with MODEL.TEXTUAL.BERT_DIR).
+        "BERT_TOKENIZER_DIR": "DataProcessed/MIMIC/tokenizer/wordpiece",
+        # Size of the decoder vocabulary (embedding rows); the tokenizer may use fewer ids.
+        "VOCAB_SIZE": 10000,
+        # Ids of the decoder tokenizer's special symbols (fixed by ``refers tokenizer train``).
+        "UNK_INDEX": 0,
+        "SOS_INDEX": 1,
+        "EOS_INDEX": 2,
+        "MASK_INDEX": 3,
+        # A real padding id (the original padded with <unk>); ignored by the captioning loss.
+        "PAD_INDEX": 4,
+        # Side of the square crop fed to the image encoder.
+        "IMAGE_CROP_SIZE": 224,
+        # JPEGs larger than this (shorter side) may be decoded at a reduced scale (>= this side).
+        "IMAGE_MIN_SIDE": 320,
+        # Decoder tokens per report, [SOS] and [EOS] included (longer reports are truncated,
+        # keeping [EOS]); also the number of decoder position embeddings.
+        "MAX_CAPTION_LENGTH": 100,
+        # BERT tokens per report ([CLS] and [SEP] included).
+        "BERT_MAX_LENGTH": 100,
+        # Views per study fed to the encoder (distinct when the study has enough, frontal first).
+        "NUM_VIEWS": 3,
+        # RandomResizedCrop area scale and aspect-ratio ranges (training only).
+        "CROP_SCALE": [0.05, 1.0],
+        "CROP_RATIO": [0.6, 1.0],
+        # Colour jitter applied with this probability: brightness and contrast factor ranges.
+        "COLOR_JITTER_PROB": 0.8,
+        "BRIGHTNESS": [0.6, 1.4],
+        "CONTRAST": [0.6, 1.4],
+        # Horizontal flip, one decision per study; a flipped frontal view swaps left/right in the
+        # report. ``--no-flip`` sets False.
+        "HORIZONTAL_FLIP": True,
+        "FLIP_PROB": 0.5,
+        # Control arm of experiments: pair each study with another study's report (fixed seed).
+        "SHUFFLE_REPORTS": False,
+    }
+
+
+def _model_defaults() -> dict[str, Any]:
+    return {
+        "VISUAL": {
+            # Image encoder: an original ViT name (refers.models.vit) or a timm model name.
+            "NAME": "ViT-B_16",
+            # Local initial weights (.npz from Google, .pth, .safetensors); "" = random. The recipe
+            # starts from Google's ImageNet-21k ViT-B_16.npz (download it there yourself).
+            "PRETRAINED": "Data/pretrained/ViT-B_16.npz",
+            # Dropout after the position embeddings and inside the MLPs (original placement).
+            "DROPOUT": 0.1,
+            # Image vector of the report contrast, per view: "cls" (the original: the CLS token)
+            # or "mean" (mean of the patch tokens). A ViT trained from random weights gives the
+            # same CLS token for every image at first, and the contrast then never leaves chance;
+            # the tiny from-scratch presets use "mean".
+            "CONTRAST_POOLING": "cls",
+        },
+        "TEXTUAL": {
+            # Report decoder, VirTex notation: L layers, H width, A heads, F feed-forward size.
+            "NAME": "transformer_postnorm::L1_H1024_A16_F4096",
+            # Dropout of the decoder's embeddings and layer.
+            "DROPOUT": 0.1,
+            # Local folder of a transformers BERT (e.g. Bio_ClinicalBERT) and its tokenizer;
+            # "" = a BERT built from the sizes below with the WordPiece tokenizer of
+            # DATA.BERT_TOKENIZER_DIR.
+            "BERT_DIR": "",
+            # Sizes of a BERT built from config (the defaults are BERT-base's).
+            "BERT_VOCAB_SIZE": 30522,
+            "BERT_LAYERS": 12,
+            "BERT_HIDDEN": 768,
+            "BERT_HEADS": 12,
+            "BERT_INTERMEDIATE": 3072,
+            "BERT_DROPOUT": 0.1,
+            # Report vector of the contrast: "pooler" (the original: BERT's pooler, tanh of a
+            # dense layer on the CLS token) or "mean" (mean of the non-padding token states). A BERT
+            # from random weights gives the same pooler output for every report at first.
+            "CONTRAST_POOLING": "pooler",
+        },
+    }
+
+
+def _loss_defaults() -> dict[str, Any]:
+    return {
+        # Total loss = CAPTION_WEIGHT * captioning CE + CONTRAST_WEIGHT * ConVIRT loss.
+        "CAPTION_WEIGHT": 1.0,
+        "CONTRAST_WEIGHT": 1.0,
+        # ConVIRT temperature and weight of the image->text direction (text->image gets 1 - LAMBDA).
+        "TAU": 0.1,
+        "LAMBDA": 0.75,
+        # Gather negatives from all processes (gradients flow through the gather).
+        "GATHER_NEGATIVES": False,
+    }
+
+
+def _optim_defaults() -> dict[str, Any]:
+    return {
+        # "sgd" (the recipe: SGD with MOMENTUM) or "adamw" (the original config's other choice;
+        # trains small models from scratch much faster, see configs/pretrain/tiny_cpu.yaml).
+        "OPTIMIZER_NAME": "sgd",
+        # Total batch size across all processes (divided by the world size).
+        "BATCH_SIZE": 2,
+        # Micro-batches per optimiser step (BATCH_SIZE is split into this many; DDP syncs on the last).
+        "ACCUMULATION_STEPS": 1,
+        # Peak learning rate of everything but BERT, and of BERT.
+        "LR": 3e-3,
+        "BERT_LR": 3e-4,
+        # SGD momentum and weight decay; no decay on parameters whose name matches NO_DECAY
+        # (case-insensitive).
+        "MOMENTUM": 0.9,
+        "WEIGHT_DECAY": 1e-4,
+        "NO_DECAY": ".*(norm.*|bias)",
+        # Gradient clipping (total norm); 0 disables.
+        "CLIP_GRAD_NORM": 10.0,
+        "LOOKAHEAD": {
+            # Wrap SGD in Lookahead: sync the slow weights every STEPS steps with factor ALPHA.
+            "USE": True,
+            "STEPS": 5,
+            "ALPHA": 0.5,
+        },
+        # Training iterations; linear warm-up steps, then LR_DECAY_NAME decay to 0 at the end.
+        "NUM_ITERATIONS": 400000,
+        "WARMUP_STEPS": 10000,
+        # "cosine", "linear" or "none".
+        "LR_DECAY_NAME": "cosine",
+    }
+
+
+def _checkpoint_defaults() -> dict[str, Any]:
+    return {
+        # Pre-training keeps the last KEEP_LAST checkpoint_{iteration}.pth (0 = all; one takes
+        # 2.7 GB in the recipe) and, with KEEP_EVERY > 0, every one whose iteration is a multiple
+        # of it. ``--keep-checkpoints`` / ``--keep-every`` set them.
+        "KEEP_LAST": 3,
+        "KEEP_EVERY": 0,
+    }
+
+
+def _amp_defaults() -> dict[str, Any]:
+    return {
+        # Autocast dtype on GPU: "bfloat16", "float16" (with a GradScaler) or "float32" (off).
+        # The original used apex O2 (float16).
+        "DTYPE": "bfloat16",
+        # bfloat16 autocast on CPU too (~17% faster per step on the demo's 2-core AVX-512 BF16 CPU);
+        # off by default: float32 is the reference arithmetic on CPU.
+        "CPU_BFLOAT16": False,
+    }
+
+
 def _schema() -> dict[str, Any]:
     """The defaults: the published REFERS recipe (``configs/pretrain/refers_vitb16.yaml``)."""
     return {
         # Seed of every random number generator (the original's value).
         "RANDOM_SEED": 6,
-        "DATA": {
-            # Folder the lists' image paths are relative to (the original's DATA.ROOT); "" = the
-            # image_root of the dataset.yaml beside TRAIN_LIST, else Data/MIMIC-CXR/prepared, else
-            # Data/MIMIC-CXR.
-            "IMAGE_ROOT": "",
-            # Training / validation studies: a prepared study index (``refers prepare mimic``) or an
-            # original ``{split}_img_caption_patients.txt`` file (folder <TAB> report).
-            "TRAIN_LIST": "DataProcessed/MIMIC/train_studies.jsonl",
-            "VAL_LIST": "DataProcessed/MIMIC/val_studies.jsonl",
-            # SentencePiece BPE model of the report decoder (``refers tokenizer train`` writes it;
-            # pre-training trains it when the file does not exist).
-            "TOKENIZER_MODEL": "DataProcessed/MIMIC/tokenizer/reports_bpe.model",
-            # WordPiece tokenizer folder of a BERT built from config (ignored with MODEL.TEXTUAL.BERT_DIR).
-            "BERT_TOKENIZER_DIR": "DataProcessed/MIMIC/tokenizer/wordpiece",
-            # Size of the decoder vocabulary (embedding rows); the tokenizer may use fewer ids.
-            "VOCAB_SIZE": 10000,
-            # Ids of the decoder tokenizer's special symbols (fixed by ``refers tokenizer train``).
-            "UNK_INDEX": 0,
-            "SOS_INDEX": 1,
-            "EOS_INDEX": 2,
-            "MASK_INDEX": 3,
-            # A real padding id (the original padded with <unk>); ignored by the captioning loss.
-            "PAD_INDEX": 4,
-            # Side of the square crop fed to the image encoder.
-            "IMAGE_CROP_SIZE": 224,
-            # JPEGs larger than this (shorter side) may be decoded at a reduced scale (>= this side).
-            "IMAGE_MIN_SIDE": 320,
-            # Decoder tokens per report, [SOS] and [EOS] included (longer reports are truncated,
-            # keeping [EOS]); also the number of decoder position embeddings.
-            "MAX_CAPTION_LENGTH": 100,
-            # BERT tokens per report ([CLS] and [SEP] included).
-            "BERT_MAX_LENGTH": 100,
-            # Views per study fed to the encoder (distinct when the study has enough, frontal first).
-            "NUM_VIEWS": 3,
-            # RandomResizedCrop area scale and aspect-ratio ranges (training only).
-            "CROP_SCALE": [0.05, 1.0],
-            "CROP_RATIO": [0.6, 1.0],
-            # Colour jitter applied with this probability: brightness and contrast factor ranges.
-            "COLOR_JITTER_PROB": 0.8,
-            "BRIGHTNESS": [0.6, 1.4],
-            "CONTRAST": [0.6, 1.4],
-            # Horizontal flip, one decision per study; a flipped frontal view swaps left/right in the
-            # report. ``--no-flip`` sets False.
-            "HORIZONTAL_FLIP": True,
-            "FLIP_PROB": 0.5,
-            # Control arm of experiments: pair each study with another study's report (fixed seed).
-            "SHUFFLE_REPORTS": False,
-        },
-        "MODEL": {
-            "VISUAL": {
-                # Image encoder: an original ViT name (refers.models.vit) or a timm model name.
-                "NAME": "ViT-B_16",
-                # Local initial weights (.npz from Google, .pth, .safetensors); "" = random. The recipe
-                # starts from Google's ImageNet-21k ViT-B_16.npz (download it there yourself).
-                "PRETRAINED": "Data/pretrained/ViT-B_16.npz",
-                # Dropout after the position embeddings and inside the MLPs (original placement).
-                "DROPOUT": 0.1,
-                # Image vector of the report contrast, per view: "cls" (the original: the CLS token)
-                # or "mean" (mean of the patch tokens). A ViT trained from random weights gives the
-                # same CLS token for every image at first, and the contrast then never leaves chance;
-                # the tiny from-scratch presets use "mean".
-                "CONTRAST_POOLING": "cls",
-            },
-            "TEXTUAL": {
-                # Report decoder, VirTex notation: L layers, H width, A heads, F feed-forward size.
-                "NAME": "transformer_postnorm::L1_H1024_A16_F4096",
-                # Dropout of the decoder's embeddings and layer.
-                "DROPOUT": 0.1,
-                # Local folder of a transformers BERT (e.g. Bio_ClinicalBERT) and its tokenizer;
-                # "" = a BERT built from the sizes below with the WordPiece tokenizer of
-                # DATA.BERT_TOKENIZER_DIR.
-                "BERT_DIR": "",
-                # Sizes of a BERT built from config (the defaults are BERT-base's).
-                "BERT_VOCAB_SIZE": 30522,
-                "BERT_LAYERS": 12,
-                "BERT_HIDDEN": 768,
-                "BERT_HEADS": 12,
-                "BERT_INTERMEDIATE": 3072,
-                "BERT_DROPOUT": 0.1,
-                # Report vector of the contrast: "pooler" (the original: BERT's pooler, tanh of a
-                # dense layer on the CLS token) or "mean" (mean of the non-padding token states). A BERT
-                # from random weights gives the same pooler output for every report at first.
-                "CONTRAST_POOLING": "pooler",
-            },
-        },
-        "LOSS": {
-            # Total loss = CAPTION_WEIGHT * captioning CE + CONTRAST_WEIGHT * ConVIRT loss.
-            "CAPTION_WEIGHT": 1.0,
-            "CONTRAST_WEIGHT": 1.0,
-            # ConVIRT temperature and weight of the image->text direction (text->image gets 1 - LAMBDA).
-            "TAU": 0.1,
-            "LAMBDA": 0.75,
-            # Gather negatives from all processes (gradients flow through the gather).
-            "GATHER_NEGATIVES": False,
-        },
-        "OPTIM": {
-            # "sgd" (the recipe: SGD with MOMENTUM) or "adamw" (the original config's other choice;
-            # trains small models from scratch much faster, see configs/pretrain/tiny_cpu.yaml).
-            "OPTIMIZER_NAME": "sgd",
-            # Total batch size across all processes (divided by the world size).
-            "BATCH_SIZE": 2,
-            # Micro-batches per optimiser step (BATCH_SIZE is split into this many; DDP syncs on the last).
-            "ACCUMULATION_STEPS": 1,
-            # Peak learning rate of everything but BERT, and of BERT.
-            "LR": 3e-3,
-            "BERT_LR": 3e-4,
-            # SGD momentum and weight decay; no decay on parameters whose name matches NO_DECAY
-            # (case-insensitive).
-            "MOMENTUM": 0.9,
-            "WEIGHT_DECAY": 1e-4,
-            "NO_DECAY": ".*(norm.*|bias)",
-            # Gradient clipping (total norm); 0 disables.
-            "CLIP_GRAD_NORM": 10.0,
-            "LOOKAHEAD": {
-                # Wrap SGD in Lookahead: sync the slow weights every STEPS steps with factor ALPHA.
-                "USE": True,
-                "STEPS": 5,
-                "ALPHA": 0.5,
-            },
-            # Training iterations; linear warm-up steps, then LR_DECAY_NAME decay to 0 at the end.
-            "NUM_ITERATIONS": 400000,
-            "WARMUP_STEPS": 10000,
-            # "cosine", "linear" or "none".
-            "LR_DECAY_NAME": "cosine",
-        },
-        "CHECKPOINT": {
-            # Pre-training keeps the last KEEP_LAST checkpoint_{iteration}.pth (0 = all; one takes
-            # 2.7 GB in the recipe) and, with KEEP_EVERY > 0, every one whose iteration is a multiple
-            # of it. ``--keep-checkpoints`` / ``--keep-every`` set them.
-            "KEEP_LAST": 3,
-            "KEEP_EVERY": 0,
-        },
-        "AMP": {
-            # Autocast dtype on GPU: "bfloat16", "float16" (with a GradScaler) or "float32" (off).
-            # The original used apex O2 (float16).
-            "DTYPE": "bfloat16",
-            # bfloat16 autocast on CPU too (~17% faster per step on the demo's 2-core AVX-512 BF16 CPU);
-            # off by default: float32 is the reference arithmetic on CPU.
-            "CPU_BFLOAT16": False,
-        },
+        "DATA": _data_defaults(),
+        "MODEL": _model_defaults(),
+        "LOSS": _loss_defaults(),
+        "OPTIM": _optim_defaults(),
+        "CHECKPOINT": _checkpoint_defaults(),
+        "AMP": _amp_defaults(),
     }
 
 

@@ -157,20 +157,26 @@ def build_parser(prog: str, stage: str = "train", exit_on_error: bool = True) ->
         exit_on_error=exit_on_error,
     )
     groups = {ORIGINAL: p.add_argument_group(ORIGINAL), OURS: p.add_argument_group(OURS)}
-    for name, spec in SPECS.items():
+    for name in SPECS:
         meta = FIELDS[name].metadata
-        default = meta.get("test_default", FIELDS[name].default) if testing else FIELDS[name].default
-        kwargs: dict[str, Any] = {"default": default, "help": meta["help"]}
-        if spec.kind is bool:
-            kwargs["action"] = "store_true"
-        elif spec.kind in (int, float):
-            kwargs["type"] = spec.kind
-        if spec.choices:
-            kwargs["choices"] = spec.choices
-        if name == "name":
-            kwargs["required"] = not testing
-        groups[meta["group"]].add_argument(*(meta["names"] or (f"--{name}",)), dest=name, **kwargs)
+        groups[meta["group"]].add_argument(*(meta["names"] or (f"--{name}",)), dest=name, **_argument(name, testing))
     return p
+
+
+def _argument(name: str, testing: bool) -> dict[str, Any]:
+    """``add_argument`` keywords of a field: default (test.py's for the test stage), help, type or switch, choices."""
+    spec, meta = SPECS[name], FIELDS[name].metadata
+    default = meta.get("test_default", FIELDS[name].default) if testing else FIELDS[name].default
+    kwargs: dict[str, Any] = {"default": default, "help": meta["help"]}
+    if spec.kind is bool:
+        kwargs["action"] = "store_true"
+    elif spec.kind in (int, float):
+        kwargs["type"] = spec.kind
+    if spec.choices:
+        kwargs["choices"] = spec.choices
+    if name == "name":
+        kwargs["required"] = not testing
+    return kwargs
 
 
 def find_preset(value: str, workdir: Path | None = None) -> Path:

@@ -12,6 +12,7 @@ line for line (see :func:`refers.prepare.splits.keep_published_lists`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +37,46 @@ def is_covid(finding: str) -> bool:
     return "covid-19" in finding.lower()
 
 
+@dataclass
+class _Rows:
+    """The metadata's X-ray rows kept, in file order (``present``: the image is on disk)."""
+
+    names: list[str] = field(default_factory=list)
+    positive: list[int] = field(default_factory=list)
+    patients: list[str] = field(default_factory=list)
+    present: list[bool] = field(default_factory=list)
+
+
+def _xray_rows(csv_path: Path, image_root: Path, views: str, skip_bad: bool, summary: Summary) -> _Rows:
+    """The X-ray rows of ``metadata.csv`` (frontal only with ``views="frontal"``); an image listed twice
+    is an error, and missing images are one too unless ``skip_bad``."""
+    rows, first_line, missing = _Rows(), {}, []
+    for line, row in read_csv(csv_path, ("patientid", "finding", "view", "modality", "filename")):
+        if row["modality"].strip().lower() != "x-ray":
+            summary.add("non-X-ray rows left out")
+            continue
+        if views == "frontal" and not is_frontal(row["view"]):
+            summary.add("non-frontal rows left out")
+            continue
+        name = row["filename"]
+        if name in first_line:
+            raise PrepareError(f"{csv_path}:{line}: image {name} listed twice (first on line {first_line[name]})")
+        first_line[name] = line
+        rows.present.append((image_root / name).is_file())
+        if not rows.present[-1]:
+            missing.append((line, name))
+        rows.names.append(name)
+        rows.positive.append(int(is_covid(row["finding"])))
+        rows.patients.append(row["patientid"])
+    if missing:
+        if not skip_bad:
+            line, name = missing[0]
+            raise PrepareError(f"{len(missing)} image(s) of {csv_path.name} not in {image_root}, first: {name} "
+                               f"({csv_path}:{line}); pass --skip-bad-images to leave them out")
+        summary.note(f"left out {len(missing)} images not on disk (--skip-bad-images)")
+    return rows
+
+
 def prepare_covid(
     root: Path,
     out: Path,
@@ -55,44 +96,23 @@ def prepare_covid(
     summary = Summary(f"covid -> {out}")
     csv_path = find_source(root, METADATA)
     image_root = root / IMAGES
-    rows = read_csv(csv_path, ("patientid", "finding", "view", "modality", "filename"))
-
-    names, positive, patients, first_line = [], [], [], {}
-    missing, present = [], []
-    for line, row in rows:
-        if row["modality"].strip().lower() != "x-ray":
-            summary.add("non-X-ray rows left out")
-            continue
-        if views == "frontal" and not is_frontal(row["view"]):
-            summary.add("non-frontal rows left out")
-            continue
-        name = row["filename"]
-        if name in first_line:
-            raise PrepareError(f"{csv_path}:{line}: image {name} listed twice (first on line {first_line[name]})")
-        first_line[name] = line
-        present.append((image_root / name).is_file())
-        if not present[-1]:
-            missing.append((line, name))
-        names.append(name)
-        positive.append(int(is_covid(row["finding"])))
-        patients.append(row["patientid"])
-    if missing:
-        if not skip_bad:
-            line, name = missing[0]
-            raise PrepareError(f"{len(missing)} image(s) of {csv_path.name} not in {image_root}, first: {name} "
-                               f"({csv_path}:{line}); pass --skip-bad-images to leave them out")
-        summary.note(f"left out {len(missing)} images not on disk (--skip-bad-images)")
-    on_disk = np.asarray(present, dtype=bool)
+    rows = _xray_rows(csv_path, image_root, views, skip_bad, summary)
+    on_disk = np.asarray(rows.present, dtype=bool)
+    names, positive, patients = rows.names, rows.positive, rows.patients
     if split != "original":  # the published lists may name a missing image: they leave it out themselves
         names, positive, patients = ([v for v, keep in zip(values, on_disk) if keep] for values in (names, positive, patients))
     covid = np.asarray(positive, dtype=np.int64)
     labels = np.stack([1 - covid, covid], axis=1).astype(np.float32) if names else np.zeros((0, 2), np.float32)
+
+    def describe(chosen: np.ndarray) -> dict[str, int]:
+        return {"covid": int(covid[chosen].sum()), "patients": len({patients[i] for i in chosen})}
 
     sources = [csv_path]
     if split == "patient":
         # A patient's stratum: whether any of their images is COVID-19.
         covid_patients = {p for p, c in zip(patients, positive) if c}
         assignment = group_split(patients, ratios, seed, strata=[p in covid_patients for p in patients])
+        written, counts = write_split_lists(out, names, labels, assignment, summary, describe=describe)
     elif split == "original":
         if lists is None:
             raise PrepareError("--split original needs --lists DIR (train.txt, val.txt, test.txt)")
@@ -103,16 +123,9 @@ def prepare_covid(
         if unlisted:
             summary.note(f"{unlisted} images are in none of the lists in {lists}")
         for k, name in enumerate(SPLITS):
-            chosen = np.flatnonzero(assignment == k)
-            counts[name].update({"covid": int(covid[chosen].sum()), "patients": len({patients[i] for i in chosen})})
+            counts[name].update(describe(np.flatnonzero(assignment == k)))
     else:
         raise PrepareError(f"unknown --split {split!r} for covid (original or patient)")
-
-    if split != "original":
-        written, counts = write_split_lists(
-            out, names, labels, assignment, summary,
-            describe=lambda chosen: {"covid": int(covid[chosen].sum()), "patients": len({patients[i] for i in chosen})},
-        )
 
     marker = synthetic_marker(root)
     stamp_synthetic(out, marker)

@@ -138,26 +138,9 @@ def prepare_mimic(
     ensure_new(out, output_names(), force)
     summary = Summary(f"mimic -> {out}")
     studies, views, labels, sources = _read_tables(root, summary)
-    report_source = ReportSource(reports if reports is not None else root)
     wanted = tuple(sections)
-
     # Reports first: a study without report text is useless for pre-training, so its images are not resized.
-    texts: dict[str, dict[str, str]] = {}
-    try:
-        for study_id, info in studies.items():
-            report = report_source.read(info["subject_id"], study_id)
-            if report is None:
-                summary.add("studies without report")
-                continue
-            parts = extract_sections(report, wanted)
-            parts["text"] = report_text(parts, wanted)
-            if not parts["text"]:
-                summary.add("studies with empty sections")
-                continue
-            texts[study_id] = parts
-    finally:
-        report_source.close()
-
+    texts = _read_reports(ReportSource(reports if reports is not None else root), studies, wanted, summary)
     jobs = []
     for study_id in texts:
         folder = study_folder(studies[study_id]["subject_id"], study_id)
@@ -165,32 +148,8 @@ def prepare_mimic(
             jobs.append((str(root / folder / f"{dicom}.jpg"), str(images_out / folder / f"{dicom}.jpg")))
     done = prepare_images(jobs, ResizeSpec(short_side=short_side), workers, skip_bad, summary, "mimic images",
                           failures_file=out / FAILURES_FILE)
-
-    by_split: dict[str, list[Study]] = defaultdict(list)
-    for study_id in sorted(texts, key=lambda s: (studies[s]["subject_id"], s)):
-        info = studies[study_id]
-        folder = study_folder(info["subject_id"], study_id)
-        dicoms = sorted(d for d in info["dicoms"] if str(root / folder / f"{d}.jpg") in done)
-        if not dicoms:
-            continue
-        parts = texts[study_id]
-        by_split[info["split"]].append(Study(
-            study_id=study_id, subject_id=info["subject_id"], folder=folder,
-            images=[images_out / folder / f"{d}.jpg" for d in dicoms], views=[views.get(d, "") for d in dicoms],
-            findings=parts.get("findings", ""), impression=parts.get("impression", ""), text=parts["text"],
-            labels=labels.get(study_id, np.full(len(CHEXPERT_CLASSES), np.nan, dtype=np.float32)), split=info["split"],
-        ))
-
-    written: list[Path] = []
-    for split in OUTPUT_SPLITS:
-        items = by_split.get(split, [])
-        written.append(write_caption_list(out / f"{split}_img_caption_patients.txt", items))
-        positive = np.array([(s.labels == 1).astype(np.float32) for s in items]).reshape(len(items), len(CHEXPERT_CLASSES))
-        written.extend(write_study_list(out / f"{split}.txt", items, positive))
-        written.append(write_study_index(out / f"{split}_studies.jsonl", items, images_out))
-        load_study_table(written[-1], images_out)  # its column cache: pre-training then loads it in milliseconds
-        summary.add(f"{split} studies", len(items))
-
+    by_split = _studies_by_split(root, images_out, studies, views, labels, texts, done)
+    written = _write_lists(out, images_out, by_split, summary)
     marker = synthetic_marker(root)
     stamp_synthetic(out, marker)
     stamp_synthetic(images_out, marker)
@@ -206,3 +165,59 @@ def prepare_mimic(
         "made_by": made_by(command, sources, None, marker is not None, short_side=short_side, sections=list(wanted)),
     }, written)
     return summary
+
+
+def _read_reports(source: ReportSource, studies: dict[str, dict], wanted: tuple[str, ...],
+                  summary: Summary) -> dict[str, dict[str, str]]:
+    """study id -> its wanted sections and their joined ``text``, for studies with report text."""
+    texts: dict[str, dict[str, str]] = {}
+    try:
+        for study_id, info in studies.items():
+            report = source.read(info["subject_id"], study_id)
+            if report is None:
+                summary.add("studies without report")
+                continue
+            parts = extract_sections(report, wanted)
+            parts["text"] = report_text(parts, wanted)
+            if not parts["text"]:
+                summary.add("studies with empty sections")
+                continue
+            texts[study_id] = parts
+    finally:
+        source.close()
+    return texts
+
+
+def _studies_by_split(root: Path, images_out: Path, studies: dict[str, dict], views: dict[str, str],
+                      labels: dict[str, np.ndarray], texts: dict[str, dict[str, str]],
+                      done: set[str]) -> dict[str, list[Study]]:
+    """The studies with a report and at least one converted image, per split, in (subject, study) order."""
+    by_split: dict[str, list[Study]] = defaultdict(list)
+    for study_id in sorted(texts, key=lambda s: (studies[s]["subject_id"], s)):
+        info = studies[study_id]
+        folder = study_folder(info["subject_id"], study_id)
+        dicoms = sorted(d for d in info["dicoms"] if str(root / folder / f"{d}.jpg") in done)
+        if not dicoms:
+            continue
+        parts = texts[study_id]
+        by_split[info["split"]].append(Study(
+            study_id=study_id, subject_id=info["subject_id"], folder=folder,
+            images=[images_out / folder / f"{d}.jpg" for d in dicoms], views=[views.get(d, "") for d in dicoms],
+            findings=parts.get("findings", ""), impression=parts.get("impression", ""), text=parts["text"],
+            labels=labels.get(study_id, np.full(len(CHEXPERT_CLASSES), np.nan, dtype=np.float32)), split=info["split"],
+        ))
+    return by_split
+
+
+def _write_lists(out: Path, images_out: Path, by_split: dict[str, list[Study]], summary: Summary) -> list[Path]:
+    """Every split's caption list, study list with labels, and study index (with its column cache)."""
+    written: list[Path] = []
+    for split in OUTPUT_SPLITS:
+        items = by_split.get(split, [])
+        written.append(write_caption_list(out / f"{split}_img_caption_patients.txt", items))
+        positive = np.array([(s.labels == 1).astype(np.float32) for s in items]).reshape(len(items), len(CHEXPERT_CLASSES))
+        written.extend(write_study_list(out / f"{split}.txt", items, positive))
+        written.append(write_study_index(out / f"{split}_studies.jsonl", items, images_out))
+        load_study_table(written[-1], images_out)  # its column cache: pre-training then loads it in milliseconds
+        summary.add(f"{split} studies", len(items))
+    return written

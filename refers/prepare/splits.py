@@ -198,51 +198,68 @@ def keep_published_lists(
         ListFormatError: a malformed published line.
         PrepareError: a published image is not in the metadata, or is in two lists (``file:line``).
     """
-    from refers.base.text_files import text_lines
-    from refers.data.lists import format_label
-
     if take not in LABEL_SOURCES:
         raise PrepareError(f"unknown --labels {take!r} (published or metadata)")
-    index = {name: i for i, name in enumerate(names)}
-    assignment = np.full(len(names), -1, dtype=np.int64)
-    written, sources, counts, differences = [], [], {}, []
-    left_out = 0
+    matcher = _PublishedMatcher(names, labels, classes, metadata, take, style, keep, path_of)
+    written, sources, counts = [], [], {}
     for split in splits:
         source = find_split_file(list_dir, split)
-        published = read_list(source, num_labels=labels.shape[1])
         sources.append(source)
         newline = "\r\n" if source.read_bytes().split(b"\n", 1)[0].endswith(b"\r") else "\n"  # as published
-        text = dict(text_lines(source))
-        lines = []
-        for line, path, row in zip(published.line_numbers.tolist(), published.paths, published.labels):
-            name = Path(path.replace("\\", "/")).name
-            if name not in index:
-                raise PrepareError(f"{source}:{line}: image {name} is not in {metadata}")
-            i = index[name]
-            if assignment[i] >= 0:
-                raise PrepareError(f"{source}:{line}: image {name} is already in the {SPLITS[assignment[i]]} list")
-            if keep is not None and not keep[i]:
-                left_out += 1
-                continue
-            assignment[i] = SPLITS.index(split)
-            for c in np.flatnonzero(row != labels[i]):
-                differences.append((split, line, path, classes[c], format_label(row[c], style), format_label(labels[i, c], style)))
-            target = path_of(path, i) if path_of is not None else path
-            if take == "metadata" or target != path:
-                chosen = labels[i] if take == "metadata" else row
-                lines.append(" ".join([target, *(format_label(v, style) for v in chosen)]))
-            else:
-                lines.append(text[line])
+        lines = matcher.kept_lines(split, source)
         target_file = out / f"{split}.txt"
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target_file, "".join(line + newline for line in lines))
         written.append(target_file)
         counts[split] = {"images": len(lines)}
         summary.add(split, len(lines))
-    if left_out:
-        summary.note(f"left {left_out} published lines out: their images are not on disk or did not convert")
-    _report_differences(out, differences, metadata, take, summary)
-    return assignment, written, sources, counts
+    if matcher.left_out:
+        summary.note(f"left {matcher.left_out} published lines out: their images are not on disk or did not convert")
+    _report_differences(out, matcher.differences, metadata, take, summary)
+    return matcher.assignment, written, sources, counts
+
+
+class _PublishedMatcher:
+    """Matches published lines to the metadata's images (see :func:`keep_published_lists`)."""
+
+    def __init__(self, names: Sequence[str], labels: np.ndarray, classes: Sequence[str], metadata: str, take: str,
+                 style: str, keep: np.ndarray | None, path_of: Callable[[str, int], str] | None):
+        self.index = {name: i for i, name in enumerate(names)}
+        self.assignment = np.full(len(names), -1, dtype=np.int64)
+        self.labels, self.classes, self.metadata = labels, classes, metadata
+        self.take, self.style, self.keep, self.path_of = take, style, keep, path_of
+        self.differences: list[tuple] = []
+        self.left_out = 0
+
+    def kept_lines(self, split: str, source: Path) -> list[str]:
+        """The lines of the published list ``source`` to write (without line ends), in its order."""
+        from refers.base.text_files import text_lines
+        from refers.data.lists import format_label
+
+        published = read_list(source, num_labels=self.labels.shape[1])
+        text = dict(text_lines(source))
+        lines = []
+        for line, path, row in zip(published.line_numbers.tolist(), published.paths, published.labels):
+            name = Path(path.replace("\\", "/")).name
+            if name not in self.index:
+                raise PrepareError(f"{source}:{line}: image {name} is not in {self.metadata}")
+            i = self.index[name]
+            if self.assignment[i] >= 0:
+                raise PrepareError(f"{source}:{line}: image {name} is already in the {SPLITS[self.assignment[i]]} list")
+            if self.keep is not None and not self.keep[i]:
+                self.left_out += 1
+                continue
+            self.assignment[i] = SPLITS.index(split)
+            for c in np.flatnonzero(row != self.labels[i]):
+                self.differences.append((split, line, path, self.classes[c], format_label(row[c], self.style),
+                                         format_label(self.labels[i, c], self.style)))
+            target = self.path_of(path, i) if self.path_of is not None else path
+            if self.take == "metadata" or target != path:
+                chosen = self.labels[i] if self.take == "metadata" else row
+                lines.append(" ".join([target, *(format_label(v, self.style) for v in chosen)]))
+            else:
+                lines.append(text[line])
+        return lines
 
 
 def _report_differences(out: Path, differences: list[tuple], metadata: str, take: str, summary: Summary) -> None:
