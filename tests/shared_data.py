@@ -3,7 +3,7 @@
 ``synth_root``         ``refers synth --studies 60 --image-size 64`` (all five datasets, default seed)
 ``prepared_lists``     every ``refers prepare`` command run on ``synth_root`` (lists + resized images)
 ``finetune_datasets``  tiny fine-tuning datasets in the original list formats (tests/finetune_helpers.py)
-``pretrain_studies``   tiny pre-training studies in the original caption-list format (tests/test_pretrain_cli.py)
+``pretrain_studies``   tiny pre-training studies in the original caption-list format (tests/cli/test_pretrain_cli.py)
 
 Read-only is checked, not trusted: each fixture records a hash of every file it made and, when
 the session ends, fails (an error at teardown) if a test changed, added or removed a file. A test
@@ -101,7 +101,7 @@ def finetune_datasets(tmp_path_factory) -> Iterator[dict[str, tuple[Path, Path]]
 @pytest.fixture(scope="session")
 def pretrain_studies(tmp_path_factory) -> Iterator[Path]:
     """A folder with ``lists/{train,val}_img_caption_patients.txt`` and ``images/`` (see ``make_studies``)."""
-    from tests.test_pretrain_cli import make_studies
+    from tests.cli.test_pretrain_cli import make_studies
 
     root = tmp_path_factory.mktemp("shared_studies")
     make_studies(root)

@@ -1,4 +1,4 @@
-"""The declared order of the package's layers, bottom to top (checked by ``tests/test_layers.py``).
+"""The declared order of the package's layers, bottom to top (checked by ``tests/base/test_layers.py``).
 
 A module may import modules of its own layer or of a layer below it, never above. The command
 line (``refers.cli``) is the top: nothing else in the package imports it, and sweep, demo and bench

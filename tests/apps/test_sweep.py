@@ -1,7 +1,7 @@
 """`refers sweep`: the grid, flag precedence, dry run, selection on validation, skipping, the command log.
 
 The fine-tuning commands are replaced here by a fake that writes what `train.py`/`test.py` write
-(a checkpoint, a metrics CSV, prediction summaries); tests/test_demo.py drives the real ones.
+(a checkpoint, a metrics CSV, prediction summaries); tests/apps/test_demo.py drives the real ones.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Bad inputs through the real commands: one line naming the file and the line, exit 1, nothing half-made.
 
-The readers themselves are tested where they live (tests/test_lists.py, tests/test_eval_metrics.py);
+The readers themselves are tested where they live (tests/data/test_lists.py, tests/eval/test_eval_metrics.py);
 these cases check that every command reaches them before it writes anything.
 """
 

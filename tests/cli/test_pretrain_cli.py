@@ -5,7 +5,7 @@ The data is a handful of tiny studies in the original caption-list format
 (``{split}_img_caption_patients.txt``: study folder <TAB> report), made here in a second; the
 model is the tiny CPU preset shrunk further (ViT-nano at 32 px, 1-layer BERT).
 
-Run as a script (``python -m torch.distributed.run --nproc_per_node 2 tests/test_pretrain_cli.py
+Run as a script (``python -m torch.distributed.run --nproc_per_node 2 tests/cli/test_pretrain_cli.py
 worker DIR``), this file is the torchrun worker of :func:`test_torchrun_two_processes`.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
 SECRET_WORD = "zebrafinding"  # appears in every report, must not appear in logs without --log-text
 

@@ -30,7 +30,7 @@ ROOT = project_root()
 PRETRAIN_OVERRIDES = ["OPTIM.NUM_ITERATIONS", "20", "OPTIM.LR", "3e-2", "LOSS.TAU", "1", "DATA.HORIZONTAL_FLIP", "false",
                       "DATA.CROP_SCALE", "[0.3, 1]", "DATA.CROP_RATIO", "0.5,0.9", "OPTIM.SGD_MOMENTUM", "0.5",
                       "OPTIM.LOOKAHEAD_STEPS", "7", "DATA.ROOT", "/data", "MODEL.TEXTUAL.BERT_DIR", "x/y"]
-TODAY = json.loads((Path(__file__).parent / "data" / "config_today.json").read_text(encoding="utf-8"))
+TODAY = json.loads((Path(__file__).resolve().parents[1] / "data" / "config_today.json").read_text(encoding="utf-8"))
 
 
 OUT_STANDIN = "__OUT_STANDIN__"

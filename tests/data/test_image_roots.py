@@ -15,7 +15,7 @@ from refers.cli.finetune import main as finetune_main
 from refers.data.image_roots import DATASET_YAML, image_roots
 
 SHENZHEN = "Shenzhen_Tuberculosis"
-PACKAGE = Path(__file__).resolve().parents[1] / "refers"
+PACKAGE = Path(__file__).resolve().parents[2] / "refers"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 from refers.config import load_config
 from refers.data.device_transforms import IMAGENET_MEAN, IMAGENET_STD, build_view_transform, flip, study_batch_to_device, to_model_input
 
-PACKAGE = Path(__file__).resolve().parents[1] / "refers"
+PACKAGE = Path(__file__).resolve().parents[2] / "refers"
 
 
 def _cfg(*overrides):

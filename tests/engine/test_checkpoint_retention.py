@@ -2,7 +2,7 @@
 one it resumed from, and only after the new one is on disk; fine-tuning keeps its own few files.
 
 The rule is checked against a brute-force oracle over many settings, then end to end through
-``refers pretrain`` (the tiny CPU model of tests/test_pretrain_cli.py, 20 iterations).
+``refers pretrain`` (the tiny CPU model of tests/cli/test_pretrain_cli.py, 20 iterations).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from refers.config import ConfigError, load_config
 from refers.engine import checkpoint_retention as retention
 from refers.engine.checkpoint_retention import checkpoints_to_delete, prune_checkpoints
-from tests.test_pretrain_cli import make_studies, pretrain_args
+from tests.cli.test_pretrain_cli import make_studies, pretrain_args
 
 
 def oracle_deleted(iterations: set[int], keep_last: int, keep_every: int, current: int, protected: set[int]) -> set[int]:
@@ -167,7 +167,7 @@ def work(tmp_path_factory) -> Path:
     return root
 
 
-# Smaller still than tests/test_pretrain_cli.py's runs: retention needs many checkpoints, not a big model.
+# Smaller still than tests/cli/test_pretrain_cli.py's runs: retention needs many checkpoints, not a big model.
 CHEAPER = ["--config-override", "OPTIM.BATCH_SIZE", "2", "DATA.NUM_VIEWS", "1", "DATA.MAX_CAPTION_LENGTH", "16",
            "DATA.BERT_MAX_LENGTH", "16"]
 
@@ -279,7 +279,7 @@ def test_documented_checkpoint_size_is_the_recipe_models():
     """The module docstring's figure: 3 float32 copies (weights, momentum, Lookahead's slow weights) of the recipe model."""
     from refers.models.refers_model import build_refers_model
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     model = build_refers_model(load_config(root / "configs" / "pretrain" / "refers_vitb16.yaml"), device="meta")
     params = list(model.parameters())  # tied weights once, as torch.save stores them
     assert all(p.dtype == torch.float32 and p.requires_grad for p in params)

@@ -25,9 +25,9 @@ from refers.engine.distributed import DistInfo
 from refers.engine.precision import Precision
 from refers.engine.pretrain_loop import LoopOptions, TrainParts, run_pretraining
 from refers.engine.step import OptimStep
-from tests.test_pretrain_engine import toy_config
+from tests.engine.test_pretrain_engine import toy_config
 
-PACKAGE = Path(__file__).resolve().parents[1] / "refers"
+PACKAGE = Path(__file__).resolve().parents[2] / "refers"
 FP32 = Precision(None, "cpu", None)
 
 

@@ -26,7 +26,7 @@ Repeatability (checked when recording, in fresh folders and processes): kernels 
 
 A deliberate, documented change of training behaviour re-records the values::
 
-    REFERS_UPDATE_GOLDEN=1 python -m pytest -q -p no:cacheprovider tests/test_golden_runs.py
+    REFERS_UPDATE_GOLDEN=1 python -m pytest -q -p no:cacheprovider tests/engine/test_golden_runs.py
 
 and the commit that does so says why (and the README, where a user would notice).
 """
@@ -49,11 +49,11 @@ import pytest
 import torch
 
 from tests.finetune_helpers import make_dataset
-from tests.test_finetune import common as finetune_common
-from tests.test_finetune_ddp import env_for_children
-from tests.test_pretrain_cli import make_studies, pretrain_args
+from tests.finetune.test_finetune import common as finetune_common
+from tests.finetune.test_finetune_ddp import env_for_children
+from tests.cli.test_pretrain_cli import make_studies, pretrain_args
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "training_runs.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "training_runs.json"
 TOKENIZERS = GOLDEN.parent / "tokenizers"  # made by `make_studies`' reports; see the `data` fixture
 UPDATE = os.environ.get("REFERS_UPDATE_GOLDEN") == "1"
 RTOL = 1e-5
@@ -104,7 +104,7 @@ def pretrain_record(run: Path) -> dict[str, Any]:
 
 
 def finetune_record(out: Path, name: str = "run") -> dict[str, Any]:
-    logs = out / "logs" / name  # tests.test_finetune.common's --log_dir
+    logs = out / "logs" / name  # tests.finetune.test_finetune.common's --log_dir
     with open(logs / "metrics.csv", newline="", encoding="utf-8") as handle:
         rows = [row for row in csv.DictReader(handle)]
     return {"scalars": scalars(logs),

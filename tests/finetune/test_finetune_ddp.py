@@ -18,7 +18,7 @@ import torch
 
 from tests.finetune_helpers import make_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = textwrap.dedent("""
     import json, os, sys

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.finetune_helpers import make_dataset
-from tests.test_finetune import common
-from tests.test_finetune_ddp import env_for_children
+from tests.finetune.test_finetune import common
+from tests.finetune.test_finetune_ddp import env_for_children
 
 STEPS = 100  # long enough that the signal surely arrives mid-run (the first validation is at step 20)
 DATASET = "Shenzhen_Tuberculosis"

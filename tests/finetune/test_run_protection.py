@@ -21,8 +21,8 @@ from refers.base.earlier_runs import claim_run_folder
 from refers.base.errors import UserError
 from refers.cli.finetune import main as finetune_main
 from refers.cli.test import main as evaluate_main
-from tests.test_finetune import common
-from tests.test_pretrain_cli import pretrain_args
+from tests.finetune.test_finetune import common
+from tests.cli.test_pretrain_cli import pretrain_args
 
 DATASET = "Shenzhen_Tuberculosis"
 

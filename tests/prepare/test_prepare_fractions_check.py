@@ -119,7 +119,7 @@ def test_dataprocessed_wrapper_runs_check_as_a_script(tmp_path):
     lists.mkdir()
     images.mkdir()
     (lists / "train.txt").write_text("CHNCXR_0001_0.png 1 0\n")
-    script = Path(__file__).resolve().parents[1] / "DataProcessed" / "prepare.py"
+    script = Path(__file__).resolve().parents[2] / "DataProcessed" / "prepare.py"
     result = subprocess.run([sys.executable, str(script), "check", "--dataset", "shenzhen", "--lists", str(lists),
                              "--images", str(images), "--quick"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
