@@ -176,14 +176,14 @@ def _serialization_dir(value: str | None) -> Path:
 def _claim(folder: Path, args: argparse.Namespace) -> None:
     """A fresh start must not mix into an earlier run's folder: refused, or (``--overwrite``) that run removed."""
     from refers.base.earlier_runs import claim_run_folder
-    from refers.engine.pretrain_loop import run_outputs
+    from refers.engine.pretrain_loop import run_leftovers, run_outputs
 
     instead = ("it has no checkpoint to continue from; choose another --serialization-dir" if args.resume
                else "continue it with --resume auto")
     # Every process checks (before the rendezvous, so before any writes); one removes.
     first = args.machine_rank == 0 and os.environ.get("RANK", "0") == "0"
     removed = claim_run_folder(run_outputs(folder), where=f"--serialization-dir {folder}", instead=instead,
-                               overwrite=args.overwrite, remove=first)
+                               overwrite=args.overwrite, remove=first, leftovers=run_leftovers(folder))
     if removed and first:
         print(f"{PROG}: --overwrite: removed {len(removed)} file(s) and folder(s) of the earlier run in {folder}", file=sys.stderr)
 

@@ -47,10 +47,17 @@ LOG_NAME = "log.txt"
 
 
 def run_outputs(folder: Path) -> list[Path]:
-    """What a pre-training run leaves in its folder (what ``--overwrite`` replaces): its checkpoints,
-    the export and its provenance, TensorBoard's folder and the log."""
+    """What a pre-training run leaves in its folder that a new run would mix with (what ``--overwrite``
+    replaces): its checkpoints, the export and its provenance, TensorBoard's folder. Each is written
+    only after the processes' first barrier, so no process of the new run sees another's."""
     return [*(path for _, path in ts.list_checkpoints(folder)), folder / EXPORT_NAME, folder / f"{EXPORT_NAME}.json",
-            folder / TENSORBOARD_DIR, folder / LOG_NAME]
+            folder / TENSORBOARD_DIR]
+
+
+def run_leftovers(folder: Path) -> list[Path]:
+    """Removed with the run by ``--overwrite``, never a reason to refuse: the log (rank 0 opens it
+    before the first barrier, and a start that failed early leaves only it)."""
+    return [folder / LOG_NAME]
 
 
 @dataclass

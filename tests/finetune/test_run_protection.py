@@ -220,3 +220,21 @@ def test_sweep_continues_an_unfinished_run_and_replaces_a_failed_attempt(tmp_pat
     (out / "st_last.pth").write_bytes(b"state")
     assert continuation(run) == ("--resume",)
     assert continuation(Run("test", DATASET, 100, 0, "REFERS", "default", run.args, out)) == ()
+
+
+def test_pretraining_log_alone_is_no_earlier_run(tmp_path):
+    """Rank 0 opens log.txt before the processes' first barrier, while another rank may still be
+    checking the folder: a log alone must not count as an earlier run (it did under torchrun)."""
+    from argparse import Namespace
+
+    from refers.cli.pretrain import _claim
+
+    args = Namespace(resume=None, overwrite=False, machine_rank=0)
+    (tmp_path / "log.txt").write_text("12:00:00 INFO started\n")
+    _claim(tmp_path, args)  # no error
+    assert (tmp_path / "log.txt").is_file()
+    (tmp_path / "checkpoint_2.pth").write_bytes(b"state")
+    with pytest.raises(UserError, match="--resume auto"):
+        _claim(tmp_path, args)
+    _claim(tmp_path, Namespace(resume=None, overwrite=True, machine_rank=0))
+    assert not (tmp_path / "checkpoint_2.pth").exists() and not (tmp_path / "log.txt").exists()
