@@ -238,3 +238,14 @@ def test_pretraining_log_alone_is_no_earlier_run(tmp_path):
         _claim(tmp_path, args)
     _claim(tmp_path, Namespace(resume=None, overwrite=True, machine_rank=0))
     assert not (tmp_path / "checkpoint_2.pth").exists() and not (tmp_path / "log.txt").exists()
+
+
+def test_resume_from_a_file_that_is_no_finetuning_state_is_one_line(datasets, tmp_path, capsys):
+    state = tmp_path / "output" / "run_last.pth"
+    state.parent.mkdir(parents=True)
+    torch.save({"format": "refers-pretrain-state", "iteration": 2}, state)  # another stage's state
+    before = sha(state)
+    assert finetune(datasets, tmp_path, "--resume") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"refers finetune: error: --resume: {state} is not a fine-tuning state of this project"]
+    assert sha(state) == before  # kept as it was
