@@ -133,7 +133,7 @@ class PretrainRun:
         self.settings = OptimSettings.from_config(cfg)
         self.optimizer = build_optimizer(self.model, self.settings)
         self.scheduler = build_scheduler(self.optimizer, self.settings)
-        self.precision: Precision = pretrain_precision(cfg, self.device)
+        self.precision: Precision = pretrain_precision(cfg, self.device, say=info.is_main)
         self.params = list(self.model.parameters())
         self.clip_norm = cfg.OPTIM.CLIP_GRAD_NORM if cfg.OPTIM.CLIP_GRAD_NORM > 0 else None
         self.total_steps = self.settings.num_iterations

@@ -221,7 +221,13 @@ def test_resume_continues_exactly(tmp_path, workers):
     assert not torch.equal(first.state_dict()["text_projection.weight"], straight["model"]["text_projection.weight"])
 
 
-def test_cpu_bfloat16_autocast_only_when_asked(tmp_path):
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "avx2-only"])
+def test_cpu_bfloat16_autocast_only_when_asked_and_native(tmp_path, monkeypatch, caplog, native):
+    """AMP.CPU_BFLOAT16 autocasts where the CPU has native bfloat16; an AVX2-only CPU (where
+    bfloat16 matrix products run ~20x slower) trains in float32 and says so in one line."""
+    import refers.engine.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bfloat16", lambda: native)
     seen = []
 
     class Recording(ToyModel):
@@ -234,12 +240,16 @@ def test_cpu_bfloat16_autocast_only_when_asked(tmp_path):
         return TrainParts(model=Recording(), train_dataset=ToyStudies(24), val_dataset=ToyStudies(10),
                           collate_fn=toy_collate, decode=lambda ids: " ".join(map(str, ids)))
 
-    for flag, expected in (("false", None), ("true", torch.bfloat16)):
+    for flag, expected in (("false", None), ("true", torch.bfloat16 if native else None)):
         seen.clear()
+        caplog.clear()
         options = LoopOptions(serialization_dir=tmp_path / flag, checkpoint_every=2, log_every=1, cpu_workers=0, progress=False)
-        assert run_pretraining(toy_config(iterations=2, AMP__CPU_BFLOAT16=flag), options, DistInfo(), build) == 0
+        with caplog.at_level("WARNING", logger="refers.engine.precision"):
+            assert run_pretraining(toy_config(iterations=2, AMP__CPU_BFLOAT16=flag), options, DistInfo(), build) == 0
         assert seen == [expected, expected]
         assert (tmp_path / flag / "checkpoint_2.pth").is_file()
+        warned = [r.getMessage() for r in caplog.records if "no native bfloat16" in r.getMessage()]
+        assert len(warned) == (1 if flag == "true" and not native else 0), warned
 
 
 def test_checkpoint_holds_the_full_state_and_loads_weights_only(tmp_path):
