@@ -36,10 +36,11 @@ from refers.base.paths import project_root
 from refers.config.engine import ConfigError, Spec, check_keys, mapping, read_yaml
 from refers.data.registry import get_dataset
 from refers.finetune.config import DATA_VOLUMES, check_flag_values, parse_args
+from refers.slurm.resources import SlurmResources
 
 # Keys a sweep file may hold at each level; anything else is a typo and is refused.
 TOP_KEYS = {"name", "workdir", "output_dir", "results_dir", "entry", "launcher", "execution", "seeds",
-            "train", "test", "search", "arms", "datasets"}
+            "train", "test", "search", "arms", "datasets", "slurm"}
 LEVEL_KEYS = {"train", "test", "search", "seeds"}
 DATASET_KEYS = LEVEL_KEYS | {"fractions", "by_fraction"}
 FULL_DATA = 100  # the fraction that is the whole training list: one run (seed 0), no data seed
@@ -109,6 +110,11 @@ class SweepConfig:
     @property
     def log_path(self) -> Path:
         return self.output_dir / "commands.log"
+
+    @property
+    def slurm(self) -> SlurmResources:
+        """The ``slurm:`` section: what each job asks for with ``--executor slurm``."""
+        return SlurmResources.from_mapping(self.raw.get("slurm"), f"{self.source}: slurm")
 
 
 def _mapping(value: Any, where: str) -> dict:
@@ -200,6 +206,7 @@ def check_sweep(raw: Mapping[str, Any], where: str) -> None:
     for key, spec in TOP_SPECS.items():
         if key in raw:
             spec.check(key, raw[key], where)
+    SlurmResources.from_mapping(raw.get("slurm"), f"{where}: slurm")  # the executor's resources (--executor slurm)
     if not isinstance(raw.get("launcher"), (str, type(None))):
         Spec(list, item=str).check("launcher", raw["launcher"], where)
     _check_level(raw, where, "")

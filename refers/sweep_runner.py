@@ -57,6 +57,7 @@ class SweepOutcome:
     tested: list[RunResult] = field(default_factory=list)
     selected: dict[tuple[str, int, str], dict] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C while Slurm jobs were still running (they keep running)
 
 
 # --- what the fine-tuning commands write -------------------------------------------------------
@@ -76,6 +77,11 @@ def continuation(run: Run) -> tuple[str, ...]:
     if checkpoint_paths(output_dir, name)["state"].is_file():
         return ("--resume",)
     return ("--overwrite",) if existing(run_outputs(output_dir, name, train_option(run, "log_dir"))) else ()
+
+
+def exit_path(run: Run) -> Path:
+    """The outcome record of a run's last attempt (exit code, seconds; Slurm's job id): ``<run_dir>/<kind>.exit.json``."""
+    return run.run_dir / f"{run.kind}.exit.json"
 
 
 def best_validation_auc(run: Run) -> float | None:
@@ -151,6 +157,7 @@ class Executor:
         finally:
             self._slots.put(device)
         seconds = time.perf_counter() - start
+        atomic_write_text(exit_path(run), json.dumps({"returncode": code, "seconds": round(seconds, 2)}) + "\n")
         self._log(f"# exit {code} after {seconds:.1f} s; output in {log_file}")
         return RunResult(planned, code, seconds, log_file)
 
@@ -203,10 +210,6 @@ def _run_in_process(argv: list[str], workdir: Path, log_file: Path) -> int:
 
 
 # --- the three phases --------------------------------------------------------------------------
-
-
-def _train_done(run: Run) -> bool:
-    return (run.run_dir / RECORD).is_file() and checkpoint_path(run).is_file()
 
 
 def _map(executor: Executor, runs: list[Run], on_done: Callable[[RunResult], None]) -> list[RunResult]:
@@ -262,34 +265,22 @@ def run_sweep(config: SweepConfig, *, jobs: int = 1, devices: Sequence[str] | No
     train_runs = plan_training(config)
     outcome = SweepOutcome()
     if dry_run:
-        _print_plan(config, train_runs, print_fn)
+        print_plan(config, train_runs, print_fn)
         return outcome
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    todo = [run for run in train_runs if not _train_done(run)]
+    todo = [run for run in train_runs if not train_done(run)]
     if len(todo) < len(train_runs):
         print_fn(f"sweep: reusing {len(train_runs) - len(todo)} finished training run(s) under {config.output_dir}")
-    scores = {run: _recorded_score(run) for run in train_runs if run not in todo}
+    scores = {run: recorded_score(run) for run in train_runs if run not in todo}
     counter = iter(range(1, len(todo) + 1))
 
     def after_train(result: RunResult) -> None:
-        run = result.run
-        if result.returncode != 0 or not checkpoint_path(run).is_file():
-            outcome.failures.append(f"{run.label}: exit {result.returncode}, see {result.log_file}")
-            print_fn(f"[train {next(counter)}/{len(todo)}] {run.label}: FAILED (exit {result.returncode}), see {result.log_file}")
-            return
-        score = best_validation_auc(run)
-        scores[run] = score
-        record = {"command": executor.shell(run), "seconds": round(result.seconds, 2), "best_val_auc": score,
-                  "checkpoint": str(checkpoint_path(run))}
-        atomic_write_text(run.run_dir / RECORD, json.dumps(record, indent=2) + "\n")
-        shown = "n/a" if score is None else f"{score:.4f}"
-        print_fn(f"[train {next(counter)}/{len(todo)}] {run.label}: val AUC {shown} ({result.seconds:.1f} s)")
+        record_training(result, executor.shell(result.run), scores, outcome, f"[train {next(counter)}/{len(todo)}]", print_fn)
 
     outcome.trained = _map(executor, todo, after_train)
     outcome.selected = select(train_runs, scores)
-    _write_selection(config, outcome.selected)
-    tests = [plan_test(config, run, checkpoint_path(run)) for run in train_runs
-             if run.candidate == outcome.selected[run.group]["candidate"] and checkpoint_path(run).is_file()]
+    write_selection(config, outcome.selected)
+    tests = selected_tests(config, train_runs, outcome.selected)
     for group, choice in outcome.selected.items():
         if choice["candidate"] is None:
             outcome.failures.append(f"{group[0]} {group[1]}% {group[2]}: no candidate finished on every seed")
@@ -299,33 +290,67 @@ def run_sweep(config: SweepConfig, *, jobs: int = 1, devices: Sequence[str] | No
     counter_test = iter(range(1, len(pending) + 1))
 
     def after_test(result: RunResult) -> None:
-        run = result.run
-        auc = result_mean_auc(config, run) if result.returncode == 0 else None
-        if result.returncode != 0 or auc is None:
-            outcome.failures.append(f"{run.label}: exit {result.returncode}, see {result.log_file}")
-            print_fn(f"[test {next(counter_test)}/{len(pending)}] {run.label}: FAILED (exit {result.returncode}), see {result.log_file}")
-            return
-        print_fn(f"[test {next(counter_test)}/{len(pending)}] {run.label}: test AUC {auc:.4f} ({result.seconds:.1f} s)")
+        record_test(config, result, outcome, f"[test {next(counter_test)}/{len(pending)}]", print_fn)
 
     outcome.tested = _map(executor, pending, after_test)
     return outcome
 
 
-def _recorded_score(run: Run) -> float | None:
+def record_training(result: RunResult, shell: str, scores: dict[Run, float | None], outcome: SweepOutcome,
+                    counter: str, print_fn: Callable[[str], None]) -> None:
+    """A finished training command: a failure noted, or its score kept and its record written (both executors)."""
+    run = result.run
+    if result.returncode != 0 or not checkpoint_path(run).is_file():
+        outcome.failures.append(f"{run.label}: exit {result.returncode}, see {result.log_file}")
+        print_fn(f"{counter} {run.label}: FAILED (exit {result.returncode}), see {result.log_file}")
+        return
+    score = best_validation_auc(run)
+    scores[run] = score
+    record = {"command": shell, "seconds": round(result.seconds, 2), "best_val_auc": score,
+              "checkpoint": str(checkpoint_path(run))}
+    atomic_write_text(run.run_dir / RECORD, json.dumps(record, indent=2) + "\n")
+    shown = "n/a" if score is None else f"{score:.4f}"
+    print_fn(f"{counter} {run.label}: val AUC {shown} ({result.seconds:.1f} s)")
+
+
+def record_test(config: SweepConfig, result: RunResult, outcome: SweepOutcome, counter: str,
+                print_fn: Callable[[str], None]) -> None:
+    """A finished test command: its mean AUC shown, or the failure noted (both executors)."""
+    run = result.run
+    auc = result_mean_auc(config, run) if result.returncode == 0 else None
+    if result.returncode != 0 or auc is None:
+        outcome.failures.append(f"{run.label}: exit {result.returncode}, see {result.log_file}")
+        print_fn(f"{counter} {run.label}: FAILED (exit {result.returncode}), see {result.log_file}")
+        return
+    print_fn(f"{counter} {run.label}: test AUC {auc:.4f} ({result.seconds:.1f} s)")
+
+
+def selected_tests(config: SweepConfig, train_runs: list[Run], selected: dict) -> list[Run]:
+    """The test runs of each group's chosen candidate (those whose checkpoint exists)."""
+    return [plan_test(config, run, checkpoint_path(run)) for run in train_runs
+            if run.group in selected and run.candidate == selected[run.group]["candidate"] and checkpoint_path(run).is_file()]
+
+
+def train_done(run: Run) -> bool:
+    """The training run finished and was recorded by the sweep."""
+    return (run.run_dir / RECORD).is_file() and checkpoint_path(run).is_file()
+
+
+def recorded_score(run: Run) -> float | None:
     value = json.loads((run.run_dir / RECORD).read_text(encoding="utf-8")).get("best_val_auc")
     return None if value is None else float(value)
 
 
-def _write_selection(config: SweepConfig, selected: dict) -> None:
+def write_selection(config: SweepConfig, selected: dict) -> None:
     rows = [{"dataset": d, "percent": p, "arm": a, **choice} for (d, p, a), choice in selected.items()]
     atomic_write_text(config.output_dir / "selection.json", json.dumps(rows, indent=2) + "\n")
 
 
-def _print_plan(config: SweepConfig, train_runs: list[Run], print_fn: Callable[[str], None]) -> None:
+def print_plan(config: SweepConfig, train_runs: list[Run], print_fn: Callable[[str], None]) -> None:
     """The commands a sweep would run; finished ones are shown commented out."""
     print_fn(f"# sweep {config.name}: {len(train_runs)} fine-tuning run(s), run from {config.workdir}")
     for run in train_runs:
-        done = _train_done(run)
+        done = train_done(run)
         shown = run if done else replace(run, args=run.args + continuation(run))
         print_fn(f"{'# done: ' if done else ''}{shlex.join(command_line(config, shown))}")
     choices: dict[tuple[str, int, str], set[str]] = {}

@@ -32,7 +32,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Pre-training's loop, validation and parts are its task; they live in engine/ for now.
     ("tasks", ("refers.finetune", "refers.engine.pretrain_loop", "refers.engine.pretrain_eval",
                "refers.engine.pretrain_parts")),
-    ("apps", ("refers.sweep", "refers.sweep_runner", "refers.demo", "refers.bench")),
+    ("apps", ("refers.sweep", "refers.sweep_runner", "refers.sweep_slurm", "refers.sweep_status", "refers.slurm",
+              "refers.demo", "refers.bench")),
     ("cli", ("refers.cli", "refers.__main__")),
 )
 

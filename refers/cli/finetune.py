@@ -2,20 +2,43 @@
 
 Runs as one process or under ``torchrun`` / ``python -m torch.distributed.launch`` (gloo on a CPU),
 with the original ``train.py``'s flags; see :mod:`refers.finetune.config`. The work itself is
-:func:`refers.finetune.stages.run`.
+:func:`refers.finetune.stages.run`. ``--submit slurm`` (:mod:`refers.cli.submit`) runs the same
+command as a Slurm job that resumes (``--resume``) after a requeue at its time limit.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Sequence
 
 from refers.base.errors import UserError as UserError
 from refers.cli.common import command
+from refers.cli.submit import replace_flags, submit_command, submit_parser, without_submit_flags
 from refers.finetune.stages import run, setup_logging
 
 __all__ = ["main", "run", "setup_logging"]
 
+PROG = "refers finetune"
 
-@command("refers finetune")
+
+@command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(argv, "refers finetune", stage="train")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(submit_parser().format_help().strip("\n"), end="\n\n")  # the cluster flags, then train.py's
+    submit, _ = submit_parser().parse_known_args(argv)
+    if not submit.submit:
+        return run(without_submit_flags(argv), PROG, stage="train")
+    return _submit(submit, without_submit_flags(argv))
+
+
+def _submit(submit, argv: list[str]) -> int:
+    """The flags are checked here (as the job will parse them), then the command goes to Slurm."""
+    from refers.finetune.config import parse_args
+
+    args = parse_args(argv, PROG, "train")
+    if args.stage != "train":
+        raise UserError("--submit slurm runs fine-tuning (--stage train); run testing directly", 2)
+    restart = replace_flags(argv, {"--overwrite": 0, "--resume": 0}, ["--resume"])
+    return submit_command(submit, "finetune", argv, restart, Path(args.output_dir).resolve(), name=f"refers-finetune-{args.name}")

@@ -4,7 +4,9 @@ Launch modes:
   * ``--num-gpus-per-machine 0``: one CPU process (gloo);
   * ``--num-gpus-per-machine N``: N processes on this machine (``torch.multiprocessing.spawn``),
     global rank = ``--machine-rank`` * N + local rank, rendezvous at ``--dist-url``;
-  * under ``torchrun``: one process per launcher slot (ranks from its environment variables).
+  * under ``torchrun``: one process per launcher slot (ranks from its environment variables);
+  * ``--submit slurm --nodes N --gpus-per-node G``: this command as a Slurm job of N x G tasks
+    (:mod:`refers.cli.submit`), ranks from Slurm, requeued and resumed at the time limit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from urllib.parse import urlparse
 
 from refers.base.errors import UserError as UserError
 from refers.cli.common import command
+from refers.cli.submit import add_submit_arguments, replace_flags, submit_command, without_submit_flags
 
 PROG = "pretrain_refers.py"
 
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-export", action="store_true", help="skip the automatic export of the image encoder at the end")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the image encoder (GPU; the first iterations compile)")
+    add_submit_arguments(parser)
     return parser
 
 
@@ -80,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None and value < 0:
             raise UserError(f"{flag} must be a non-negative integer (0 = off), got {value}", 2)
     cfg = _load_config(args)
+    if args.submit:
+        return _submit(args, cfg, argv)
     torchrun = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
     gpus = _check_devices(args.num_gpus_per_machine, torchrun)
     _check_inputs(cfg)
@@ -101,6 +107,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except mp.ProcessExitedException as error:
         return error.exit_code if error.exit_code and error.exit_code > 0 else 1
     return 0
+
+
+def _submit(args: argparse.Namespace, cfg: Any, argv: list[str]) -> int:
+    """``--submit slurm``: the checks that can fail here, then the same command as a Slurm job.
+
+    Each task runs one process (``--num-gpus-per-machine 1`` on a GPU, ``0`` on a CPU node); the
+    requeued run continues with ``--resume auto``.
+    """
+    _check_inputs(cfg)
+    _check_dist_url(args.dist_url)
+    folder = _serialization_dir(args.serialization_dir)
+    if not (args.resume_from or args.resume or args.overwrite):
+        _claim(folder, args)  # refuses an earlier run now rather than in the job
+    per_task = ["--num-gpus-per-machine", "1" if args.gpus_per_node else "0"]
+    first = replace_flags(without_submit_flags(argv), {"--num-gpus-per-machine": 1, "--serialization-dir": 1},
+                          ["--serialization-dir", str(folder), *per_task])
+    restart = replace_flags(first, {"--overwrite": 0, "--resume": 1, "--resume-from": 1}, ["--resume", "auto"])
+    return submit_command(args, "pretrain", first, restart, folder, name="refers-pretrain")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ non-finite loss or a signal says to the user). The trainer owns everything else:
   the ranks agree, and the run stops without saving the poisoned state;
 * the order of a checkpoint step: update, the task's validation (which may stop the run, e.g.
   early stopping), then the resume state (so it holds the validation's decision);
-* SIGTERM/SIGINT: the run saves its resume state at the next step boundary (after that step's
-  validation when one is due, so a resumed run misses none), then exits with 128 + signal (one
-  process reacts at once; several agree at read steps);
+* SIGTERM/SIGINT/SIGUSR2 (SIGUSR2: Slurm's pre-timeout signal): the run saves its resume state at
+  the next step boundary (after that step's validation when one is due, so a resumed run misses
+  none), then exits with 128 + signal (one process reacts at once; several agree at read steps);
 * exact resume: model, optimiser (incl. Lookahead), schedule, scaler, the RNG of every rank, the
   data position and the task's own state (e.g. early stopping), written atomically;
 * the progress bar.
@@ -72,15 +72,19 @@ class Task(Protocol):
     def signalled(self, signum: int, step: int) -> None: ...
 
 
+# SIGUSR2 is what Slurm sends before a job's time limit (``--signal=USR2@90``, see refers.slurm).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+
 class StopSignal:
-    """Remembers a SIGTERM/SIGINT so the loop can checkpoint at a step boundary, then exit."""
+    """Remembers a SIGTERM/SIGINT/SIGUSR2 so the loop can checkpoint at a step boundary, then exit."""
 
     def __init__(self) -> None:
         self.signum = 0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignal":
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread: leave signals alone

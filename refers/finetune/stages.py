@@ -40,7 +40,7 @@ def run(argv: Sequence[str] | None, prog: str, stage: str) -> int:
         if args.stage == "train":
             from refers.finetune.train import train
 
-            code = train(args, info, argv).exit_code  # 128 + signal when SIGTERM/SIGINT stopped it
+            code = train(args, info, argv).exit_code  # 128 + signal when SIGTERM/SIGINT/SIGUSR2 stopped it
         else:
             from refers.finetune.testing import run_test
 

@@ -8,7 +8,7 @@ non-finite one stops the run before its update. Validation every ``--eval_every`
 once per epoch) and after the last step; it saves ``{name}_bestauc_checkpoint.bin`` /
 ``{name}_bestloss_checkpoint.bin`` and then the resume state ``{name}_last.pth`` (model, optimiser,
 schedule, scaler, early stopping, data position and RNG states: a resumed run continues the same
-batches). SIGTERM/SIGINT save the resume state at the next step boundary and exit with 128 + signal;
+batches). SIGTERM/SIGINT/SIGUSR2 save the resume state at the next step boundary and exit with 128 + signal;
 ``--resume`` then continues to the same weights as an uninterrupted run.
 
 ``args`` is never modified (the image size and absolute folders come resolved from
@@ -63,7 +63,7 @@ CSV_FIELDS = ("step", "epoch", "train_loss", "lr", "val_loss", "val_mean_auc", "
 
 @dataclass
 class Outcome:
-    """The end of a training run (``exit_code`` 128 + signal when SIGTERM/SIGINT stopped it)."""
+    """The end of a training run (``exit_code`` 128 + signal when SIGTERM/SIGINT/SIGUSR2 stopped it)."""
 
     steps: int
     best_auc: float

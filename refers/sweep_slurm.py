@@ -1,0 +1,209 @@
+"""``refers sweep --executor slurm``: the sweep's commands as Slurm jobs, one job per command.
+
+The same plan, skipping, selection and records as the local executor (:mod:`refers.sweep_runner`):
+every unfinished training run is submitted at once (an unfinished one continues with ``--resume``,
+a failed attempt is replaced with ``--overwrite``); as soon as every training run of a group
+(dataset, fraction, arm) has ended, the group's candidate is chosen on the mean validation AUC and
+its test jobs are submitted. The sweep waits for its jobs, reading their outcomes from the run
+folders (``<kind>.exit.json``, written by the job) and their states from ``squeue``: no accounting
+database (``sacct``) is needed. Ctrl-C leaves the jobs running; a re-run of the sweep waits for
+those still queued or running instead of submitting them again, and skips what has finished.
+
+Each job's output goes to ``<run folder>/<kind>.log`` (where the local executor writes it),
+submitit's own files to ``<output_dir>/slurm/``, and each submission to ``commands.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from refers.base.atomic import atomic_write_text
+from refers.slurm.jobs import CommandJob, read_exit
+from refers.slurm.queue import is_live, job_states
+from refers.slurm.resources import SlurmResources
+from refers.slurm.submit import make_executor, submit
+from refers.sweep import Run, SweepConfig, command_line, plan_training, train_option
+from refers.sweep_runner import (
+    RunResult, SweepOutcome, continuation, exit_path, print_plan, record_test, record_training, recorded_score,
+    result_summary_path, select, selected_tests, train_done, write_selection,
+)
+
+# Polls without the job in squeue and without its outcome before it counts as lost (the outcome
+# file is written just before the job ends, so one poll is enough in practice).
+_LOST_AFTER = 3
+
+
+def job_path(run: Run) -> Path:
+    """The record of a run's Slurm job (its id), ``<run_dir>/<kind>.slurm.json``."""
+    return run.run_dir / f"{run.kind}.slurm.json"
+
+
+def recorded_job(run: Run) -> str | None:
+    try:
+        return str(json.loads(job_path(run).read_text(encoding="utf-8"))["job_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def gpus_for(run: Run, resources: SlurmResources) -> int:
+    """GPUs a run's job asks for: ``gpus_per_job`` when given, else one unless the run's ``--device`` is cpu."""
+    if resources.gpus_per_job is not None:
+        return resources.gpus_per_job
+    return 0 if train_option(run, "device") == "cpu" else 1
+
+
+@dataclass
+class _Pending:
+    run: Run
+    job_id: str
+    started: float
+    unseen: int = 0  # polls in a row without the job in squeue and without an outcome
+
+
+class SlurmSweep:
+    """Submits a sweep's commands and waits for them (see the module docstring)."""
+
+    def __init__(self, config: SweepConfig, resources: SlurmResources, print_fn: Callable[[str], None] = print,
+                 poll_seconds: float = 5.0):
+        self.config, self.resources, self.print_fn, self.poll_seconds = config, resources, print_fn, poll_seconds
+        self.folder = config.output_dir / "slurm"
+        self._executors: dict[int, Any] = {}
+
+    # --- submitting ----------------------------------------------------------------------------
+    def shell(self, run: Run) -> str:
+        return f"cd {shlex.quote(str(self.config.workdir))} && {shlex.join(command_line(self.config, run))}"
+
+    def _log(self, text: str) -> None:
+        self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.config.log_path.open("a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+
+    def _executor(self, gpus: int) -> Any:
+        if gpus not in self._executors:
+            self._executors[gpus] = make_executor(self.folder, self.resources, name=f"refers-sweep-{self.config.name}",
+                                                  gpus_per_node=gpus or None)
+        return self._executors[gpus]
+
+    def start(self, planned: Run) -> _Pending:
+        """Wait for the run's job when one is still queued or running, else submit it."""
+        job_id = recorded_job(planned)
+        if job_id is not None and is_live(job_states([job_id]).get(job_id)):
+            self.print_fn(f"sweep: {planned.label}: Slurm job {job_id} is still queued or running; waiting for it")
+            return _Pending(planned, job_id, time.time())
+        run = replace(planned, args=planned.args + continuation(planned))
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        exit_path(run).unlink(missing_ok=True)  # an earlier attempt's outcome is not this job's
+        argv = command_line(self.config, run)
+        restart = command_line(self.config, replace(planned, args=tuple(a for a in run.args if a != "--overwrite")
+                                                    + (("--resume",) if run.kind == "train" and "--resume" not in run.args else ())))
+        job = CommandJob(tuple(argv), str(self.config.workdir), str(run.run_dir / f"{run.kind}.log"), str(exit_path(run)),
+                         tuple(restart))
+        submitted = submit(self._executor(gpus_for(run, self.resources)), job)
+        atomic_write_text(job_path(run), json.dumps({"job_id": str(submitted.job_id), "label": run.label,
+                                                     "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        self._log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {run.label}: Slurm job {submitted.job_id}\n{self.shell(run)}")
+        return _Pending(planned, str(submitted.job_id), time.time())
+
+    # --- waiting -------------------------------------------------------------------------------
+    def _ended(self, pending: _Pending, states: dict[str, str]) -> RunResult | None:
+        """The run's result once its job has ended (None while it is queued, running or requeued)."""
+        run = pending.run
+        log_file = run.run_dir / f"{run.kind}.log"
+        record = read_exit(exit_path(run))
+        if record and str(record.get("job_id")) == pending.job_id and not record.get("requeued"):
+            return RunResult(run, int(record["returncode"]), float(record.get("seconds", 0.0)), log_file)
+        if is_live(states.get(pending.job_id)):
+            pending.unseen = 0
+            return None
+        pending.unseen += 1
+        if pending.unseen < _LOST_AFTER:
+            return None
+        state = states.get(pending.job_id, "no longer listed by squeue")
+        self.print_fn(f"sweep: {run.label}: Slurm job {pending.job_id} ended without an exit status ({state}: "
+                      f"cancelled, killed or out of memory); see {log_file} and {self.folder}/{pending.job_id}_0_log.out")
+        return RunResult(run, 1, time.time() - pending.started, log_file)
+
+    def wait(self, pending: list[_Pending], on_done: Callable[[RunResult], None]) -> None:
+        """Poll until every job has ended, calling ``on_done`` for each as it ends (it may add jobs to ``pending``)."""
+        while pending:
+            states = job_states(p.job_id for p in pending)
+            for item in list(pending):
+                result = self._ended(item, states)
+                if result is not None:
+                    pending.remove(item)
+                    self._log(f"# Slurm job {item.job_id}: exit {result.returncode} after {result.seconds:.1f} s; "
+                              f"output in {result.log_file}")
+                    on_done(result)
+            if pending:
+                time.sleep(self.poll_seconds)
+
+    # --- the sweep -----------------------------------------------------------------------------
+    def run(self) -> SweepOutcome:
+        config, outcome = self.config, SweepOutcome()
+        if config.execution == "in-process":
+            self.print_fn("sweep: execution: in-process applies to the local executor; Slurm jobs run the commands")
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        train_runs = plan_training(config)
+        todo = [run for run in train_runs if not train_done(run)]
+        if len(todo) < len(train_runs):
+            self.print_fn(f"sweep: reusing {len(train_runs) - len(todo)} finished training run(s) under {config.output_dir}")
+        scores = {run: recorded_score(run) for run in train_runs if run not in todo}
+        waiting_groups = {run.group for run in todo}
+        open_runs = {group: sum(run.group == group for run in todo) for group in waiting_groups}
+        done = {"train": 0, "test": 0}
+        pending: list[_Pending] = []
+
+        def start_tests(group: tuple[str, int, str]) -> None:
+            chosen = select([run for run in train_runs if run.group == group], scores)
+            outcome.selected.update(chosen)
+            write_selection(config, outcome.selected)
+            if chosen[group]["candidate"] is None:
+                outcome.failures.append(f"{group[0]} {group[1]}% {group[2]}: no candidate finished on every seed")
+            for test in selected_tests(config, train_runs, chosen):
+                if not result_summary_path(config, test).is_file():
+                    pending.append(self.start(test))
+
+        def on_done(result: RunResult) -> None:
+            run = result.run
+            done[run.kind] += 1
+            counter = f"[{run.kind} {done[run.kind]}]"
+            if run.kind == "test":
+                outcome.tested.append(result)
+                record_test(config, result, outcome, counter, self.print_fn)
+                return
+            outcome.trained.append(result)
+            record_training(result, self.shell(run), scores, outcome, f"[train {done['train']}/{len(todo)}]", self.print_fn)
+            open_runs[run.group] -= 1
+            if open_runs[run.group] == 0:
+                start_tests(run.group)
+
+        pending.extend(self.start(run) for run in todo)
+        self.print_fn(f"sweep: {len(pending)} training job(s) on Slurm; test jobs follow as each group's training ends "
+                      f"(follow them with: refers sweep {config.source} --status)")
+        for group in dict.fromkeys(run.group for run in train_runs):
+            if group not in waiting_groups:
+                start_tests(group)
+        try:
+            self.wait(pending, on_done)
+        except KeyboardInterrupt:
+            ids = " ".join(p.job_id for p in pending)
+            self.print_fn(f"sweep: interrupted; {len(pending)} Slurm job(s) keep running ({ids}). Follow them with "
+                          f"'squeue -j {','.join(p.job_id for p in pending)}' or 'refers sweep {config.source} --status'; "
+                          "run the sweep again to collect them and go on")
+            outcome.interrupted = True
+        return outcome
+
+
+def run_sweep_slurm(config: SweepConfig, resources: SlurmResources, *, dry_run: bool = False,
+                    print_fn: Callable[[str], None] = print, poll_seconds: float = 5.0) -> SweepOutcome:
+    """Train, select and test the grid of ``config`` as Slurm jobs (see the module docstring)."""
+    if dry_run:
+        print_plan(config, plan_training(config), print_fn)
+        print_fn(f"# executor slurm: one job per command, {resources.submitit_parameters()}")
+        return SweepOutcome()
+    return SlurmSweep(config, resources, print_fn, poll_seconds).run()
