@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,16 @@ def test_one_library_file_calls_backward_besides_the_bench_bare_loop():
     bench = _code(PACKAGE / "bench" / "steps.py")
     assert bench.count(".backward(") == 1 and "class BareLoop" in bench  # the bare reference loop's
     assert _code(PACKAGE / "engine" / "step.py").count(".backward(") == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2], ids=["TERM", "INT", "USR2"])
+def test_stop_signal_remembers_slurms_pre_timeout_signal_too(signum):
+    """SIGUSR2 (what Slurm sends before a job's time limit) stops the loop like SIGTERM: remembered
+    for the next step boundary instead of killing the process; the previous handler comes back."""
+    from refers.engine.trainer import StopSignal
+
+    before = signal.getsignal(signum)
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signum)
+        assert stop.signum == signum
+    assert signal.getsignal(signum) == before
