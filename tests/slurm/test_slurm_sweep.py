@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -34,6 +36,9 @@ def opt(name):
     return argv[argv.index("--" + name) + 1] if "--" + name in argv else None
 name = opt("name")
 print("fake", " ".join(argv))
+if Path("slow").exists():
+    import time
+    time.sleep(float(Path("slow").read_text()))
 if Path("fail_" + name).exists():
     print("boom")
     sys.exit(3)
@@ -129,7 +134,7 @@ def test_status_reads_queued_and_vanished_jobs_from_squeue(slurm_cluster, tmp_pa
         assert sum(item.state == "not started" for item in states.values()) == 2
     finally:
         subprocess.run(["scancel", held], check=True)
-    wait_for(lambda: squeue_state(held) not in ("PENDING", None) or squeue_state(held) is None, 30, "the cancel")
+    wait_for(lambda: squeue_state(held) != "PENDING", 30, "the cancel")
     assert main([str(path), "--status"]) == 0
     assert re.search(r"failed\s+train .*Slurm job %s ended without an exit status" % held, capsys.readouterr().out)
 
@@ -146,3 +151,26 @@ def test_slurm_section_is_checked_when_the_file_loads(tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     assert main([str(path), "--dry-run"]) == 2
     assert "not a Slurm time" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_the_jobs_running_and_a_rerun_waits_for_them(slurm_cluster, tmp_path, capsys):
+    path = write_sweep(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["arms"] = {"REFERS": data["arms"]["REFERS"] | {"search": {}}}  # one training job, then one test job
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    (tmp_path / "slow").write_text("8")
+    sweep = subprocess.Popen([sys.executable, "-m", "refers", "sweep", str(path), "--executor", "slurm", "--poll", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    [job] = wait_for(lambda: config.log_path.is_file() and slurm_jobs(config.log_path), 60, "the submission")
+    sweep.send_signal(signal.SIGINT)
+    out, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, out
+    assert f"1 Slurm job(s) keep running ({job})" in out and "--status" in out and "Traceback" not in out
+    assert squeue_state(job) in ("PENDING", "RUNNING")
+
+    assert main([str(path), "--executor", "slurm", "--poll", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"Slurm job {job} is still queued or running; waiting for it" in out
+    assert slurm_jobs(config.log_path) == [job, slurm_jobs(config.log_path)[1]]  # no second training job
+    assert (config.results_dir / "NIH_ChestX-ray" / "data100" / "REFERS" / "seed0" / "summary.json").is_file()
