@@ -84,6 +84,19 @@ def exit_path(run: Run) -> Path:
     return run.run_dir / f"{run.kind}.exit.json"
 
 
+def job_path(run: Run) -> Path:
+    """The record of the Slurm job of a run's last attempt (its id), ``<run_dir>/<kind>.slurm.json``."""
+    return run.run_dir / f"{run.kind}.slurm.json"
+
+
+def recorded_job(run: Run) -> str | None:
+    """The id of the Slurm job of a run's last attempt (None: it ran here, or has not run)."""
+    try:
+        return str(json.loads(job_path(run).read_text(encoding="utf-8"))["job_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def best_validation_auc(run: Run) -> float | None:
     """The best mean validation AUC of a finished training run, from its metrics CSV (None if absent)."""
     log_dir = Path(train_option(run, "log_dir"))
@@ -140,6 +153,8 @@ class Executor:
     def execute(self, planned: Run) -> RunResult:
         run = replace(planned, args=planned.args + continuation(planned))
         run.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (exit_path(run), job_path(run)):  # an earlier attempt's, here or on Slurm
+            stale.unlink(missing_ok=True)
         log_file = run.run_dir / f"{run.kind}.log"
         device = self._slots.get()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -271,7 +286,8 @@ def run_sweep(config: SweepConfig, *, jobs: int = 1, devices: Sequence[str] | No
     todo = [run for run in train_runs if not train_done(run)]
     if len(todo) < len(train_runs):
         print_fn(f"sweep: reusing {len(train_runs) - len(todo)} finished training run(s) under {config.output_dir}")
-    scores = {run: recorded_score(run) for run in train_runs if run not in todo}
+    todo = _not_on_slurm(todo, outcome, print_fn)
+    scores = {run: recorded_score(run) for run in train_runs if train_done(run)}
     counter = iter(range(1, len(todo) + 1))
 
     def after_train(result: RunResult) -> None:
@@ -294,6 +310,25 @@ def run_sweep(config: SweepConfig, *, jobs: int = 1, devices: Sequence[str] | No
 
     outcome.tested = _map(executor, pending, after_test)
     return outcome
+
+
+def _not_on_slurm(runs: list[Run], outcome: SweepOutcome, print_fn: Callable[[str], None]) -> list[Run]:
+    """``runs`` without those whose Slurm job (of an earlier ``--executor slurm``) still runs: two
+    writers in one run folder would corrupt it. Each one left out is a failure that says why."""
+    jobs = {run: job_id for run in runs if (job_id := recorded_job(run))}
+    if not jobs:
+        return runs
+    from refers.slurm.queue import is_live, job_states
+
+    states = job_states(jobs.values())
+    busy = {run for run, job_id in jobs.items() if states is None or is_live(states.get(job_id))}
+    for run in busy:
+        why = "squeue cannot say whether it still runs" if states is None else "it is still queued or running"
+        message = f"{run.label}: left out, its Slurm job {jobs[run]} of an earlier --executor slurm ({why}); " \
+                  "wait for it with --executor slurm, or cancel it (scancel)"
+        outcome.failures.append(message)
+        print_fn(f"sweep: {message}")
+    return [run for run in runs if run not in busy]
 
 
 def record_training(result: RunResult, shell: str, scores: dict[Run, float | None], outcome: SweepOutcome,

@@ -19,7 +19,6 @@ import json
 import shlex
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
 from refers.base.atomic import atomic_write_text
@@ -27,27 +26,17 @@ from refers.slurm.jobs import CommandJob, read_exit
 from refers.slurm.queue import is_live, job_states
 from refers.slurm.resources import SlurmResources
 from refers.slurm.submit import make_executor, submit
+from refers.finetune.run_files import checkpoint_paths
 from refers.sweep import Run, SweepConfig, command_line, plan_training, train_option
+from refers.base.errors import UserError
 from refers.sweep_runner import (
-    RunResult, SweepOutcome, continuation, exit_path, print_plan, record_test, record_training, recorded_score,
-    result_summary_path, select, selected_tests, train_done, write_selection,
+    RunResult, SweepOutcome, continuation, exit_path, job_path, print_plan, record_test, record_training, recorded_job,
+    recorded_score, result_summary_path, select, selected_tests, train_done, write_selection,
 )
 
-# Polls without the job in squeue and without its outcome before it counts as lost (the outcome
-# file is written just before the job ends, so one poll is enough in practice).
-_LOST_AFTER = 3
-
-
-def job_path(run: Run) -> Path:
-    """The record of a run's Slurm job (its id), ``<run_dir>/<kind>.slurm.json``."""
-    return run.run_dir / f"{run.kind}.slurm.json"
-
-
-def recorded_job(run: Run) -> str | None:
-    try:
-        return str(json.loads(job_path(run).read_text(encoding="utf-8"))["job_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+# Seconds a job may be missing from squeue without an outcome before it counts as lost (the
+# outcome file is written just before the job ends; a shared file system may show it late).
+_LOST_AFTER = 60.0
 
 
 def gpus_for(run: Run, resources: SlurmResources) -> int:
@@ -62,7 +51,7 @@ class _Pending:
     run: Run
     job_id: str
     started: float
-    unseen: int = 0  # polls in a row without the job in squeue and without an outcome
+    unseen_since: float | None = None  # when squeue first no longer listed it as queued or running
 
 
 class SlurmSweep:
@@ -90,19 +79,33 @@ class SlurmSweep:
         return self._executors[gpus]
 
     def start(self, planned: Run) -> _Pending:
-        """Wait for the run's job when one is still queued or running, else submit it."""
+        """Wait for the run's job when one is still queued or running (or has ended with an outcome
+        not yet collected), else submit it."""
         job_id = recorded_job(planned)
-        if job_id is not None and is_live(job_states([job_id]).get(job_id)):
-            self.print_fn(f"sweep: {planned.label}: Slurm job {job_id} is still queued or running; waiting for it")
-            return _Pending(planned, job_id, time.time())
+        if job_id is not None:
+            states = job_states([job_id])
+            if states is None:
+                raise UserError(f"squeue does not answer, so whether Slurm job {job_id} ({planned.label}) still runs "
+                                "cannot be told; try again when it does", 1)
+            record = read_exit(exit_path(planned))
+            collected = record and str(record.get("job_id")) == job_id and record.get("returncode") == 0 \
+                and not record.get("requeued")
+            if is_live(states.get(job_id)) or collected:
+                self.print_fn(f"sweep: {planned.label}: Slurm job {job_id} is still queued or running; waiting for it"
+                              if not collected else f"sweep: {planned.label}: collecting Slurm job {job_id}, which ended")
+                return _Pending(planned, job_id, time.time())
         run = replace(planned, args=planned.args + continuation(planned))
         run.run_dir.mkdir(parents=True, exist_ok=True)
         exit_path(run).unlink(missing_ok=True)  # an earlier attempt's outcome is not this job's
         argv = command_line(self.config, run)
-        restart = command_line(self.config, replace(planned, args=tuple(a for a in run.args if a != "--overwrite")
-                                                    + (("--resume",) if run.kind == "train" and "--resume" not in run.args else ())))
+        base = tuple(a for a in run.args if a not in ("--overwrite", "--resume"))
+        resume_glob = fresh = None
+        if run.kind == "train":  # a requeue continues from the resume state, or starts over when none was saved
+            resume_glob = str(checkpoint_paths(train_option(run, "output_dir"), train_option(run, "name"))["state"])
+            fresh = tuple(command_line(self.config, replace(planned, args=base + ("--overwrite",))))
+        restart = command_line(self.config, replace(planned, args=base + (("--resume",) if run.kind == "train" else ())))
         job = CommandJob(tuple(argv), str(self.config.workdir), str(run.run_dir / f"{run.kind}.log"), str(exit_path(run)),
-                         tuple(restart))
+                         tuple(restart), resume_glob, fresh)
         submitted = submit(self._executor(gpus_for(run, self.resources)), job)
         atomic_write_text(job_path(run), json.dumps({"job_id": str(submitted.job_id), "label": run.label,
                                                      "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
@@ -110,18 +113,21 @@ class SlurmSweep:
         return _Pending(planned, str(submitted.job_id), time.time())
 
     # --- waiting -------------------------------------------------------------------------------
-    def _ended(self, pending: _Pending, states: dict[str, str]) -> RunResult | None:
-        """The run's result once its job has ended (None while it is queued, running or requeued)."""
+    def _ended(self, pending: _Pending, states: dict[str, str] | None) -> RunResult | None:
+        """The run's result once its job has ended (None while it is queued, running or requeued,
+        and while squeue cannot say)."""
         run = pending.run
         log_file = run.run_dir / f"{run.kind}.log"
+        if states is not None and is_live(states.get(pending.job_id)):
+            pending.unseen_since = None  # Slurm may still run it again (a requeue, a preemption)
+            return None
         record = read_exit(exit_path(run))
         if record and str(record.get("job_id")) == pending.job_id and not record.get("requeued"):
             return RunResult(run, int(record["returncode"]), float(record.get("seconds", 0.0)), log_file)
-        if is_live(states.get(pending.job_id)):
-            pending.unseen = 0
+        if states is None:
             return None
-        pending.unseen += 1
-        if pending.unseen < _LOST_AFTER:
+        pending.unseen_since = pending.unseen_since or time.time()
+        if time.time() - pending.unseen_since < _LOST_AFTER:
             return None
         state = states.get(pending.job_id, "no longer listed by squeue")
         self.print_fn(f"sweep: {run.label}: Slurm job {pending.job_id} ended without an exit status ({state}: "
@@ -166,7 +172,11 @@ class SlurmSweep:
                 outcome.failures.append(f"{group[0]} {group[1]}% {group[2]}: no candidate finished on every seed")
             for test in selected_tests(config, train_runs, chosen):
                 if not result_summary_path(config, test).is_file():
-                    pending.append(self.start(test))
+                    try:
+                        pending.append(self.start(test))
+                    except UserError as error:  # e.g. sbatch refused it: the other jobs go on
+                        outcome.failures.append(f"{test.label}: not submitted: {error}")
+                        self.print_fn(f"sweep: {test.label}: not submitted: {error}")
 
         def on_done(result: RunResult) -> None:
             run = result.run
@@ -182,13 +192,14 @@ class SlurmSweep:
             if open_runs[run.group] == 0:
                 start_tests(run.group)
 
-        pending.extend(self.start(run) for run in todo)
-        self.print_fn(f"sweep: {len(pending)} training job(s) on Slurm; test jobs follow as each group's training ends "
-                      f"(follow them with: refers sweep {config.source} --status)")
-        for group in dict.fromkeys(run.group for run in train_runs):
-            if group not in waiting_groups:
-                start_tests(group)
         try:
+            for run in todo:
+                pending.append(self.start(run))
+            self.print_fn(f"sweep: {len(pending)} training job(s) on Slurm; test jobs follow as each group's training "
+                          f"ends (follow them with: refers sweep {config.source} --status)")
+            for group in dict.fromkeys(run.group for run in train_runs):
+                if group not in waiting_groups:
+                    start_tests(group)
             self.wait(pending, on_done)
         except KeyboardInterrupt:
             ids = " ".join(p.job_id for p in pending)

@@ -15,26 +15,28 @@ from typing import Callable
 from refers.slurm.jobs import read_exit
 from refers.slurm.queue import ACTIVE, WAITING, job_states
 from refers.sweep import Run, SweepConfig, plan_training
-from refers.sweep_runner import exit_path, result_summary_path, selected_tests, train_done
-from refers.sweep_slurm import recorded_job
+from refers.sweep_runner import exit_path, recorded_job, result_summary_path, selected_tests, train_done
 
 # The order the summary line counts them in.
-STATES = ("finished", "running", "submitted", "failed", "waiting", "not started")
+STATES = ("finished", "running", "submitted", "failed", "waiting", "not started", "unknown")
 
 
 @dataclass(frozen=True)
 class RunStatus:
     run: Run
-    state: str  # one of STATES
+    state: str  # one of STATES ("unknown": squeue did not answer)
     detail: str = ""
 
 
-def _status(run: Run, finished: bool, states: dict[str, str]) -> RunStatus:
+def _status(run: Run, finished: bool, states: dict[str, str] | None) -> RunStatus:
     if finished:
         return RunStatus(run, "finished")
     job_id = recorded_job(run)
     record = read_exit(exit_path(run))
-    this_job = record is not None and (job_id is None or str(record.get("job_id", job_id)) == job_id)
+    this_job = record is not None and (str(record.get("job_id")) == job_id if job_id else "job_id" not in record)
+    if job_id is not None and states is None and not this_job:
+        return RunStatus(run, "unknown", f"Slurm job {job_id}: squeue does not answer")
+    states = states or {}
     if job_id is not None and states.get(job_id) in ACTIVE:
         return RunStatus(run, "running", f"Slurm job {job_id}")
     if job_id is not None and states.get(job_id) in WAITING:

@@ -123,8 +123,16 @@ def _submit(args: argparse.Namespace, cfg: Any, argv: list[str]) -> int:
     per_task = ["--num-gpus-per-machine", "1" if args.gpus_per_node else "0"]
     first = replace_flags(without_submit_flags(argv), {"--num-gpus-per-machine": 1, "--serialization-dir": 1},
                           ["--serialization-dir", str(folder), *per_task])
-    restart = replace_flags(first, {"--overwrite": 0, "--resume": 1, "--resume-from": 1}, ["--resume", "auto"])
-    return submit_command(args, "pretrain", first, restart, folder, name="refers-pretrain")
+    resume_flags = {"--overwrite": 0, "--resume": 1, "--resume-from": 1}
+    restart = replace_flags(first, resume_flags, ["--resume", "auto"])
+    fresh = replace_flags(first, resume_flags, ["--overwrite"])  # requeued before the first checkpoint
+    for line in (first, restart, fresh):  # the job's command lines parse, and none submits again
+        parsed = build_parser().parse_args(line)
+        if parsed.submit or parsed.slurm_dry_run:
+            raise UserError("write the submission flags in full (--submit, --slurm-...), so that the job's own "
+                            "command line leaves them out", 2)
+    return submit_command(args, "pretrain", first, restart, folder, name="refers-pretrain",
+                          resume_glob=str(folder / "checkpoint_*.pth"), fresh_argv=fresh)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from refers.base.errors import UserError
 
@@ -50,41 +50,50 @@ def submit_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def without_submit_flags(argv: Sequence[str]) -> list[str]:
+def _flag_of(token: str, flags: Sequence[str], own: Iterable[str] = ()) -> str | None:
+    """The flag of ``flags`` that ``token`` names: exactly, or as the unique abbreviation argparse
+    accepted (``--sub`` for ``--submit``), unless it is one of the command's ``own`` flags (the
+    original train.py's ``--gpu`` is not ``--gpus-per-node``); None for any other token."""
+    if not token.startswith("--"):
+        return None
+    name = token.split("=", 1)[0]
+    if name in flags:
+        return name
+    if name in own:
+        return None
+    matches = [flag for flag in flags if len(name) >= 4 and flag.startswith(name)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def without_submit_flags(argv: Sequence[str], own: Iterable[str] = ()) -> list[str]:
     """``argv`` with every submission flag (and its value) removed; the rest in order."""
-    out, skip = [], False
-    for token in argv:
-        if skip:
-            skip = False
-            continue
-        name = token.split("=", 1)[0]
-        if name in _FLAGS:
-            skip = "=" not in token
-            continue
-        if token in _SWITCHES:
-            continue
-        out.append(token)
-    return out
+    return replace_flags(argv, {**{flag: 1 for flag in _FLAGS}, **{flag: 0 for flag in _SWITCHES}}, [], own)
 
 
-def replace_flags(argv: Sequence[str], drop: dict[str, int], add: Sequence[str]) -> list[str]:
-    """``argv`` without the flags in ``drop`` (flag -> number of values it takes), then ``add``."""
+def replace_flags(argv: Sequence[str], drop: dict[str, int], add: Sequence[str], own: Iterable[str] = ()) -> list[str]:
+    """``argv`` without the flags in ``drop`` (flag -> number of values it takes; abbreviations too,
+    except the command's ``own`` flags), then ``add``."""
+    own = set(own)
     out, skip = [], 0
     for token in argv:
         if skip:
             skip -= 1
             continue
-        name = token.split("=", 1)[0]
-        if name in drop:
-            skip = drop[name] if "=" not in token else 0
+        flag = _flag_of(token, list(drop), own)
+        if flag is not None:
+            skip = drop[flag] if "=" not in token else 0
             continue
         out.append(token)
     return out + list(add)
 
 
 def submit_command(args: argparse.Namespace, command: str, argv: list[str], restart_argv: list[str],
-                   run_folder: Path, name: str) -> int:
-    """Submit ``python -m refers <command> <argv>`` (``restart_argv`` after a requeue); print how to follow it."""
+                   run_folder: Path, name: str, resume_glob: str, fresh_argv: list[str]) -> int:
+    """Submit ``python -m refers <command> <argv>``; print how to follow it.
+
+    After a requeue the job runs ``restart_argv`` when ``resume_glob`` matches a saved state, else
+    ``fresh_argv`` (requeued before anything was saved).
+    """
     from refers.slurm.jobs import CommandJob
     from refers.slurm.resources import SlurmResources
     from refers.slurm.submit import check_slurm, make_executor, sbatch_script, submit
@@ -106,7 +115,8 @@ def submit_command(args: argparse.Namespace, command: str, argv: list[str], rest
     executor = make_executor(folder, resources, name=name, nodes=args.nodes, tasks_per_node=tasks,
                              gpus_per_node=args.gpus_per_node or None)
     python = [sys.executable, "-m", "refers", command]
-    log = folder / f"{command}.log"
+    stem = name.removeprefix("refers-")  # one log and outcome file per run, also in a shared --slurm-folder
+    log = folder / f"{stem}.log"
     if args.slurm_dry_run:
         print(sbatch_script(executor))
         print(f"# each of the {args.nodes * tasks} task(s) runs, from {os.getcwd()} (RANK, LOCAL_RANK, WORLD_SIZE, "
@@ -116,8 +126,8 @@ def submit_command(args: argparse.Namespace, command: str, argv: list[str], rest
         print(shlex.join(python + restart_argv))
         return 0
     check_slurm()
-    job = submit(executor, CommandJob(tuple(python + argv), os.getcwd(), str(log), str(folder / f"{command}.exit.json"),
-                                      tuple(python + restart_argv)))
+    job = submit(executor, CommandJob(tuple(python + argv), os.getcwd(), str(log), str(folder / f"{stem}.exit.json"),
+                                      tuple(python + restart_argv), resume_glob, tuple(python + fresh_argv)))
     print(f"submitted Slurm job {job.job_id}: refers {command} on {args.nodes} node(s) x {tasks} task(s); "
           f"output: {log}; follow it with: squeue -j {job.job_id}; tail -f {log}")
     return 0

@@ -14,7 +14,10 @@ Time limits: submitit asks Slurm for ``SIGUSR2`` 90 s before the limit (``--sign
 The training engine treats it like SIGTERM (save the resume state at the next step boundary, exit
 with 128 + 12); this wrapper ignores it, so that it cannot end the job before the command has
 saved, and then requeues the job; the requeued run (``SLURM_RESTART_COUNT`` > 0) starts the
-command's resume form (``--resume auto`` / ``--resume``) and continues exactly.
+command's resume form (``--resume auto`` / ``--resume``) and continues exactly, or, when Slurm
+requeued the job before anything was saved (a preemption, a node failure), starts it afresh over
+that attempt (``--overwrite``). Until the engine installs its own handler (start-up, testing, the
+export) the signal is ignored, so a job that reaches its limit there ends at the limit, unsaved.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from refers.base.atomic import atomic_write_text
 
 PRE_TIMEOUT_SIGNAL = signal.SIGUSR2
 REQUEUE_EXIT = 128 + int(PRE_TIMEOUT_SIGNAL)  # the command saved its state on the pre-timeout signal
-_PORT_BASE, _PORT_SPAN = 20000, 20000
+_PORT_BASE, _PORT_SPAN = 10000, 20000  # 10000-29999: below Linux's ephemeral ports (32768-)
 
 
 def restarts() -> int:
@@ -66,7 +69,9 @@ class CommandJob:
         workdir: the folder the command runs from (relative paths in it resolve there).
         log_file: where the command's output is appended.
         exit_file: the outcome record written when the command ends (None: none).
-        restart_argv: the command after a requeue (None: ``argv`` again).
+        restart_argv: the command after a requeue when ``resume_glob`` matches a file (None: ``argv`` again).
+        resume_glob: what the command saves to resume from (an absolute glob pattern).
+        fresh_argv: the command after a requeue when nothing was saved yet (None: ``argv`` again).
         env: extra environment variables.
     """
 
@@ -75,10 +80,15 @@ class CommandJob:
     log_file: str
     exit_file: str | None = None
     restart_argv: tuple[str, ...] | None = None
+    resume_glob: str | None = None
+    fresh_argv: tuple[str, ...] | None = None
     env: tuple[tuple[str, str], ...] = ()
 
     def command(self) -> list[str]:
-        return list(self.restart_argv if restarts() > 0 and self.restart_argv else self.argv)
+        if restarts() == 0:
+            return list(self.argv)
+        saved = self.resume_glob is None or any(Path("/").glob(self.resume_glob.lstrip("/")))
+        return list((self.restart_argv if saved else self.fresh_argv) or self.argv)
 
     def __call__(self) -> int:
         import submitit

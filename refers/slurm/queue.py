@@ -25,16 +25,19 @@ def slurm_problem() -> str | None:
     return None
 
 
-def job_states(job_ids: Iterable[str]) -> dict[str, str]:
+def job_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     """``{job id: state}`` for the given jobs that Slurm still knows (finished jobs drop out of
-    ``squeue`` after the cluster's MinJobAge); empty when ``squeue`` cannot be run."""
+    ``squeue`` after the cluster's MinJobAge); None when ``squeue`` could not answer (then nothing
+    can be said of any job, and callers must not take a missing job for an ended one)."""
     wanted = {str(j) for j in job_ids}
     if not wanted:
         return {}
     try:
         done = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%T"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
+    if done.returncode != 0:
+        return None
     states = {}
     for line in done.stdout.splitlines():
         job_id, _, state = line.strip().partition("|")

@@ -1,7 +1,8 @@
 """What a Slurm job asks for: the ``slurm:`` section of a sweep file or the ``--slurm-<key>`` flags.
 
-Nothing that is not given is requested: no GPUs unless ``gpus_per_job`` is set, no memory, CPU,
-account or partition request unless given, and no time limit line unless ``time`` is given (the
+Nothing that is not given is requested: no GPUs unless asked for (``gpus_per_job``; the sweep's
+Slurm executor asks for one when the runs' ``device`` is not ``cpu``), no memory, CPU, account or
+partition request unless given, and no time limit line unless ``time`` is given (the
 partition's default applies), so that the same file runs on a CPU-only test cluster.
 """
 

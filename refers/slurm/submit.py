@@ -48,7 +48,7 @@ def make_executor(folder: str | os.PathLike, resources: SlurmResources, *, name:
     """A submitit executor for jobs of this shape (submitit's files and the jobs' output go to ``folder``)."""
     executor = _executor_class()(folder=str(folder), max_num_timeout=1000)
     params = resources.submitit_parameters(nodes, tasks_per_node, gpus_per_node)
-    executor.time_given = "time" in params
+    executor.time_given = "time" in params or "time" in params.get("additional_parameters", {})
     executor.update_parameters(job_name=name, stderr_to_stdout=True, **params)
     return executor
 

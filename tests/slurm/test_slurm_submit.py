@@ -77,10 +77,10 @@ def test_finetuning_job_runs_the_command_on_slurm(slurm_cluster, finetune_datase
             "--output_dir", str(out), "--log_dir", str(out / "logs"), "--num_workers", "0"]
     assert finetune([*argv, "--submit", "slurm"]) == 0
     job_id = re.search(r"submitted Slurm job (\d+)", capsys.readouterr().out).group(1)
-    record = wait_for(lambda: read_exit(out / "slurm" / "finetune.exit.json"), 300, "the fine-tuning job")
-    assert record["returncode"] == 0 and record["job_id"] == job_id, (out / "slurm" / "finetune.log").read_text()[-2000:]
+    record = wait_for(lambda: read_exit(out / "slurm" / "finetune-slurm.exit.json"), 300, "the fine-tuning job")
+    assert record["returncode"] == 0 and record["job_id"] == job_id, (out / "slurm" / "finetune-slurm.log").read_text()[-2000:]
     assert (out / "slurm_bestauc_checkpoint.bin").is_file() and (out / "slurm_last.pth").is_file()
-    assert "--submit" not in (out / "slurm" / "finetune.log").read_text()
+    assert "--submit" not in (out / "slurm" / "finetune-slurm.log").read_text()
 
 
 def test_two_node_script_and_its_ranks(pretrain_studies, tmp_path, capsys, monkeypatch):
@@ -108,7 +108,7 @@ def test_two_node_script_and_its_ranks(pretrain_studies, tmp_path, capsys, monke
                        "SLURM_JOB_NODELIST": "gpu[07-08]"}.items():
         monkeypatch.setenv(key, value)
     assert task_environment(submitit.JobEnvironment()) == {
-        "RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "MASTER_ADDR": "gpu07", "MASTER_PORT": str(20000 + 4242)}
+        "RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "MASTER_ADDR": "gpu07", "MASTER_PORT": str(10000 + 4242)}
 
 
 def test_the_sbatch_template_sets_ranks_rendezvous_signal_and_requeue():
@@ -119,7 +119,7 @@ def test_the_sbatch_template_sets_ranks_rendezvous_signal_and_requeue():
         assert line in text.splitlines()
     for variable in ("RANK=$SLURM_PROCID", "LOCAL_RANK=$SLURM_LOCALID", "WORLD_SIZE=$SLURM_NTASKS",
                      'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-                     "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))"):
+                     "export MASTER_PORT=$((10000 + SLURM_JOB_ID % 20000))"):
         assert variable in text
     assert "--resume auto" in text and f'"$code" -eq {REQUEUE_EXIT}' in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
 

@@ -132,6 +132,11 @@ def test_status_reads_queued_and_vanished_jobs_from_squeue(slurm_cluster, tmp_pa
         states = {item.run: item for item in sweep_status(config)}
         assert states[run].state == "submitted" and held in states[run].detail
         assert sum(item.state == "not started" for item in states.values()) == 2
+        # The local executor leaves that run alone (two writers in one folder) and says why; the rest run.
+        assert main([str(path)]) == 1
+        out = capsys.readouterr().out
+        assert f"left out, its Slurm job {held} of an earlier --executor slurm (it is still queued or running)" in out
+        assert not (run.run_dir / "train.log").exists() and (run.run_dir / "train.slurm.json").is_file()
     finally:
         subprocess.run(["scancel", held], check=True)
     wait_for(lambda: squeue_state(held) != "PENDING", 30, "the cancel")
