@@ -96,6 +96,13 @@ def load_bert_tokenizer(cfg):
 def train_wordpiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 30522, max_length: int = 512) -> Path:
     """Train a lower-casing WordPiece tokenizer on reports; save a transformers-loadable folder.
 
+    The same reports give the same files in every process. tokenizers' trainer numbers the
+    continuing pieces (``##x``) in hash-map order, and ties between merges are broken by those
+    numbers, so two trainings on the same text gave different vocabularies (huggingface/tokenizers
+    #1794). Here the continuing pieces are handed to the trainer up front, in sorted order, as
+    extra special tokens (which fixes their ids), and the tokenizer is rebuilt from the trained
+    vocabulary with only the five real special tokens.
+
     Args:
         texts: raw reports (lower-cased and accent-stripped by the tokenizer's BERT normaliser).
         out_dir: folder to write (``tokenizer.json``, ``tokenizer_config.json``, ...).
@@ -105,12 +112,23 @@ def train_wordpiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
+    texts = list(texts)
     out_dir = Path(out_dir)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIALS), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    continuing = sorted({char for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+                         for char in word[1:]})
+    fixed = [*WORDPIECE_SPECIALS, *(f"##{char}" for char in continuing)]
+
+    def blank(model: "models.WordPiece") -> Tokenizer:
+        tok = Tokenizer(model)
+        tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+        return tok
+
+    trained = blank(models.WordPiece(unk_token="[UNK]"))
+    trained.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=fixed, show_progress=False))
+    tok = blank(models.WordPiece(vocab=trained.get_vocab(with_added_tokens=False), unk_token="[UNK]"))
+    tok.add_special_tokens(list(WORDPIECE_SPECIALS))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

@@ -8,11 +8,12 @@ SentencePiece's own normalisation is off.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from refers.base.atomic import atomic_write_bytes, atomic_write_text
 from refers.text.normalize import normalize_report
 
 SPECIAL_PIECES = ("<unk>", "[SOS]", "[EOS]", "[MASK]", "[PAD]")
@@ -38,29 +39,30 @@ def train_report_tokenizer(texts: Iterable[str], model_path: str | os.PathLike, 
     normalised = [t for t in (normalize_report(x) for x in texts) if t]
     if not normalised:
         raise ValueError("no report text to train the tokenizer on")
-    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
-        prefix = Path(tmp) / model_path.stem
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(normalised),
-            model_prefix=str(prefix),
-            vocab_size=vocab_size,
-            hard_vocab_limit=False,  # small corpora: fewer pieces instead of an error
-            model_type="bpe",
-            character_coverage=1.0,
-            unk_id=0,
-            bos_id=-1,
-            eos_id=-1,
-            pad_id=-1,
-            control_symbols=",".join(SPECIAL_PIECES[1:]),
-            normalization_rule_name="identity",
-            max_sentence_length=1 << 16,
-            input_sentence_size=2_000_000,
-            shuffle_input_sentence=True,
-            num_threads=max(1, min(os.cpu_count() or 1, 16)),
-            minloglevel=2,
-        )
-        os.replace(prefix.with_suffix(".vocab"), model_path.with_suffix(".vocab"))
-        os.replace(prefix.with_suffix(".model"), model_path)
+    model = io.BytesIO()  # in memory: a model file names no temporary folder, so the same text gives the same bytes
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(normalised),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # small corpora: fewer pieces instead of an error
+        model_type="bpe",
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        control_symbols=",".join(SPECIAL_PIECES[1:]),
+        normalization_rule_name="identity",
+        max_sentence_length=1 << 16,
+        input_sentence_size=2_000_000,
+        shuffle_input_sentence=True,
+        num_threads=max(1, min(os.cpu_count() or 1, 16)),
+        minloglevel=2,
+    )
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n" for i in range(processor.get_piece_size()))
+    atomic_write_text(model_path.with_suffix(".vocab"), pieces)  # for reading by eye, as SentencePiece writes it
+    atomic_write_bytes(model_path, model.getvalue())
     return model_path
 
 

@@ -22,7 +22,8 @@ saying so, instead of comparing the hashes (other kernels give other last bits).
 
 Repeatability (checked when recording, in fresh folders and processes): kernels run on one thread (a
 2-thread run differs in the last bits), and the pre-training runs use the fixed tokenizers of
-``tests/golden/tokenizers/`` (tokenizers trained on the fly are not reproducible, see ``data``).
+``tests/golden/tokenizers/`` (recorded before tokenizer training was made reproducible; kept so
+the records stay comparable, see ``data``).
 
 A deliberate, documented change of training behaviour re-records the values::
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pickle
 
 import pytest
@@ -115,6 +117,37 @@ def test_tokenizer_command_writes_both_tokenizers(tmp_path, capsys):
     lower = wordpiece("left pleural effusion")["input_ids"]
     assert wordpiece("LEFT Pleural effusion")["input_ids"] == lower and wordpiece.unk_token_id not in lower
     assert not (out / "SYNTHETIC.txt").exists()
+
+
+def test_tokenizer_training_gives_the_same_files_in_every_process(tmp_path):
+    """Two processes (two hash seeds) train both tokenizers on the same reports: byte-identical files.
+    (tokenizers' WordPiece trainer alone breaks ties in hash-map order, huggingface/tokenizers#1794,
+    and SentencePiece's model file named its temporary folder.) The WordPiece vocabulary keeps only
+    the five real special tokens."""
+    import subprocess
+    import sys
+
+    captions = tmp_path / "train_img_caption_patients.txt"
+    words = ["opacity", "effusion", "consolidation", "atelectasis", "pneumothorax", "cardiomegaly", "nodule", "edema"]
+    lines = [f"files/p10/p100/s{i}/\t{words[i % 8]} in the {['left', 'right'][i % 2]} {words[(i * 3) % 8]} {REPORTS[i % len(REPORTS)]}\n"
+             for i in range(60)]
+    captions.write_text("".join(lines))
+    outs = []
+    for run in ("a", "b"):
+        outs.append(tmp_path / run)
+        subprocess.run([sys.executable, "-m", "refers", "tokenizer", "train", "--reports", str(captions), "--out",
+                        str(outs[-1]), "--vocab-size", "120", "--wordpiece-vocab-size", "150"], check=True,
+                       capture_output=True, env={**os.environ, "PYTHONHASHSEED": "random"})
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert {"reports_bpe.model", "reports_bpe.vocab", "wordpiece/tokenizer.json"} <= {str(f) for f in files}
+    for name in files:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    from transformers import AutoTokenizer
+
+    wordpiece = AutoTokenizer.from_pretrained(str(outs[0] / "wordpiece"), local_files_only=True)
+    assert sorted(wordpiece.all_special_tokens) == sorted(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    ids = wordpiece("right consolidation")["input_ids"]
+    assert wordpiece.decode(ids, skip_special_tokens=True) == "right consolidation"
 
 
 def test_tokenizer_command_errors(tmp_path, capsys):
