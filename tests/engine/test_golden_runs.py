@@ -174,11 +174,20 @@ def check(name: str, observed: dict[str, Any]) -> None:
         found = differences(recorded, observed)
         assert not found, f"{name} changed ({len(found)} differences from {GOLDEN.name}):\n" + "\n".join(found[:20])
         return
-    found = differences({k: v for k, v in recorded.items() if k != "sha256"},
-                        {k: v for k, v in observed.items() if k != "sha256"}, RTOL)
+    found = differences(continuous(recorded), continuous(observed), RTOL)
     assert not found, f"{name}: beyond rtol {RTOL} of {GOLDEN.name} (recorded under {then}):\n" + "\n".join(found[:20])
-    pytest.skip(f"{name}: losses, learning rates and metrics match within rtol {RTOL}; the weight hashes are not "
-                f"compared because they were recorded under {then} and this is {here} (other kernels, other last bits)")
+    pytest.skip(f"{name}: losses, learning rates and metrics match within rtol {RTOL}; the weight hashes and the "
+                f"retrieval recalls are not compared because they were recorded under {then} and this is {here} "
+                "(other kernels, other last bits)")
+
+
+def continuous(run: dict[str, Any]) -> dict[str, Any]:
+    """A run without what other kernels may change by more than rounding: the weight hashes, and the
+    retrieval recalls (ranks of a handful of near-tied similarities flip with the last bits)."""
+    out = {k: v for k, v in run.items() if k != "sha256"}
+    if isinstance(out.get("scalars"), dict):
+        out["scalars"] = {tag: values for tag, values in out["scalars"].items() if "_R@" not in tag}
+    return out
 
 
 def test_differences_finds_every_change():
