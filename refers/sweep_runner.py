@@ -127,6 +127,18 @@ def result_mean_auc(config: SweepConfig, run: Run) -> float | None:
 # --- running one command -----------------------------------------------------------------------
 
 
+def shell_line(config: SweepConfig, run: Run) -> str:
+    """A run's command as ``commands.log`` shows it: ``cd <workdir> && <command>``."""
+    return f"cd {shlex.quote(str(config.workdir))} && {shlex.join(command_line(config, run))}"
+
+
+def append_to_log(config: SweepConfig, text: str) -> None:
+    """Append ``text`` (and a newline) to the sweep's ``commands.log``."""
+    config.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with config.log_path.open("a", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+
+
 class Executor:
     """Runs :class:`Run` commands and appends each to the command log (thread-safe)."""
 
@@ -142,13 +154,11 @@ class Executor:
             self._slots.put(devices[index % len(devices)] if devices else None)
 
     def shell(self, run: Run) -> str:
-        return f"cd {shlex.quote(str(self.config.workdir))} && {shlex.join(command_line(self.config, run))}"
+        return shell_line(self.config, run)
 
     def _log(self, text: str) -> None:
         with self._lock:
-            self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.config.log_path.open("a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
+            append_to_log(self.config, text)
 
     def execute(self, planned: Run) -> RunResult:
         run = replace(planned, args=planned.args + continuation(planned))

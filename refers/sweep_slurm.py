@@ -16,7 +16,6 @@ submitit's own files to ``<output_dir>/slurm/``, and each submission to ``comman
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -30,13 +29,18 @@ from refers.finetune.run_files import checkpoint_paths
 from refers.sweep import Run, SweepConfig, command_line, plan_training, train_option
 from refers.base.errors import UserError
 from refers.sweep_runner import (
-    RunResult, SweepOutcome, continuation, exit_path, job_path, print_plan, record_test, record_training, recorded_job,
-    recorded_score, result_summary_path, select, selected_tests, train_done, write_selection,
+    RunResult, SweepOutcome, append_to_log, continuation, exit_path, job_path, print_plan, record_test, record_training, recorded_job,
+    recorded_score, result_summary_path, select, selected_tests, shell_line, train_done, write_selection,
 )
 
 # Seconds a job may be missing from squeue without an outcome before it counts as lost (the
 # outcome file is written just before the job ends; a shared file system may show it late).
 _LOST_AFTER = 60.0
+
+
+def known_states(runs: list[Run]) -> dict[str, str] | None:
+    """Slurm's states of the earlier jobs of ``runs`` (one squeue call; None when squeue does not answer)."""
+    return job_states(job_id for run in runs if (job_id := recorded_job(run)))
 
 
 def gpus_for(run: Run, resources: SlurmResources) -> int:
@@ -64,26 +68,17 @@ class SlurmSweep:
         self._executors: dict[int, Any] = {}
 
     # --- submitting ----------------------------------------------------------------------------
-    def shell(self, run: Run) -> str:
-        return f"cd {shlex.quote(str(self.config.workdir))} && {shlex.join(command_line(self.config, run))}"
-
-    def _log(self, text: str) -> None:
-        self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.config.log_path.open("a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-
     def _executor(self, gpus: int) -> Any:
         if gpus not in self._executors:
             self._executors[gpus] = make_executor(self.folder, self.resources, name=f"refers-sweep-{self.config.name}",
                                                   gpus_per_node=gpus or None)
         return self._executors[gpus]
 
-    def start(self, planned: Run) -> _Pending:
+    def start(self, planned: Run, states: dict[str, str] | None) -> _Pending:
         """Wait for the run's job when one is still queued or running (or has ended with an outcome
-        not yet collected), else submit it."""
+        not yet collected), else submit it. ``states``: :func:`known_states` of the runs started together."""
         job_id = recorded_job(planned)
         if job_id is not None:
-            states = job_states([job_id])
             if states is None:
                 raise UserError(f"squeue does not answer, so whether Slurm job {job_id} ({planned.label}) still runs "
                                 "cannot be told; try again when it does", 1)
@@ -109,7 +104,7 @@ class SlurmSweep:
         submitted = submit(self._executor(gpus_for(run, self.resources)), job)
         atomic_write_text(job_path(run), json.dumps({"job_id": str(submitted.job_id), "label": run.label,
                                                      "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-        self._log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {run.label}: Slurm job {submitted.job_id}\n{self.shell(run)}")
+        append_to_log(self.config, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {run.label}: Slurm job {submitted.job_id}\n{shell_line(self.config, run)}")
         return _Pending(planned, str(submitted.job_id), time.time())
 
     # --- waiting -------------------------------------------------------------------------------
@@ -142,7 +137,7 @@ class SlurmSweep:
                 result = self._ended(item, states)
                 if result is not None:
                     pending.remove(item)
-                    self._log(f"# Slurm job {item.job_id}: exit {result.returncode} after {result.seconds:.1f} s; "
+                    append_to_log(self.config, f"# Slurm job {item.job_id}: exit {result.returncode} after {result.seconds:.1f} s; "
                               f"output in {result.log_file}")
                     on_done(result)
             if pending:
@@ -170,13 +165,15 @@ class SlurmSweep:
             write_selection(config, outcome.selected)
             if chosen[group]["candidate"] is None:
                 outcome.failures.append(f"{group[0]} {group[1]}% {group[2]}: no candidate finished on every seed")
-            for test in selected_tests(config, train_runs, chosen):
-                if not result_summary_path(config, test).is_file():
-                    try:
-                        pending.append(self.start(test))
-                    except UserError as error:  # e.g. sbatch refused it: the other jobs go on
-                        outcome.failures.append(f"{test.label}: not submitted: {error}")
-                        self.print_fn(f"sweep: {test.label}: not submitted: {error}")
+            tests = [test for test in selected_tests(config, train_runs, chosen)
+                     if not result_summary_path(config, test).is_file()]
+            states = known_states(tests)
+            for test in tests:
+                try:
+                    pending.append(self.start(test, states))
+                except UserError as error:  # e.g. sbatch refused it: the other jobs go on
+                    outcome.failures.append(f"{test.label}: not submitted: {error}")
+                    self.print_fn(f"sweep: {test.label}: not submitted: {error}")
 
         def on_done(result: RunResult) -> None:
             run = result.run
@@ -187,14 +184,15 @@ class SlurmSweep:
                 record_test(config, result, outcome, counter, self.print_fn)
                 return
             outcome.trained.append(result)
-            record_training(result, self.shell(run), scores, outcome, f"[train {done['train']}/{len(todo)}]", self.print_fn)
+            record_training(result, shell_line(self.config, run), scores, outcome, f"[train {done['train']}/{len(todo)}]", self.print_fn)
             open_runs[run.group] -= 1
             if open_runs[run.group] == 0:
                 start_tests(run.group)
 
         try:
+            states = known_states(todo)  # one squeue call for every earlier job, not one per run
             for run in todo:
-                pending.append(self.start(run))
+                pending.append(self.start(run, states))
             self.print_fn(f"sweep: {len(pending)} training job(s) on Slurm; test jobs follow as each group's training "
                           f"ends (follow them with: refers sweep {config.source} --status)")
             for group in dict.fromkeys(run.group for run in train_runs):
