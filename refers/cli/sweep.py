@@ -90,10 +90,10 @@ def _run_slurm(args: argparse.Namespace, config, resources) -> int:
 
     if args.jobs != 1 or args.devices:
         raise UserError("--jobs and --devices are for the local executor; Slurm places the jobs (slurm: gpus_per_job)", 2)
-    if not args.dry_run:
-        check_slurm()
     if args.poll <= 0:
         raise UserError(f"--poll must be > 0 seconds, got {args.poll}", 2)
+    if not args.dry_run:
+        check_slurm()
     outcome = run_sweep_slurm(config, resources, dry_run=args.dry_run, poll_seconds=args.poll)
     if args.dry_run:
         return 0

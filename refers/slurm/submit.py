@@ -10,6 +10,8 @@ default limit applies.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,9 @@ def submit(executor: Any, job: CommandJob) -> Any:
 
     Path(job.log_file).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return executor.submit(job)
+        # submitit copies sbatch's stderr to ours as it runs: the error below says the refusal once.
+        with contextlib.redirect_stderr(io.StringIO()):
+            return executor.submit(job)
     except (submitit.core.utils.FailedJobError, OSError) as error:
         lines = [line for line in str(error).strip().splitlines() if line.strip()]
         raise UserError(f"sbatch refused the job: {lines[-1] if lines else error}", 2) from None

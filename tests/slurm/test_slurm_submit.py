@@ -129,3 +129,13 @@ def test_submitting_without_a_cluster_is_one_clear_line(pretrain_studies, tmp_pa
     assert pretrain([*args(pretrain_studies, tmp_path / "run"), "--submit", "slurm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot submit to Slurm" in err[0] and "slurm_local.sh" in err[0]
+
+
+def test_a_job_sbatch_refuses_is_one_line_and_the_earlier_run_stays(slurm_cluster, pretrain_studies, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.txt").write_text("an earlier start\n")
+    assert pretrain([*args(pretrain_studies, run), "--submit", "slurm", "--slurm-partition", "nosuchpartition"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sbatch refused the job" in err[0] and "partition" in err[0].lower()
+    assert (run / "log.txt").read_text() == "an earlier start\n"

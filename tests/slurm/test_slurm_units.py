@@ -63,3 +63,28 @@ def test_resources_request_only_what_is_given():
                       ({"sbatch_options": ["qos=high"]}, "long option"), ({"gpus_per_job": -1}, "gpus_per_job")):
         with pytest.raises(ConfigError, match=says):
             SlurmResources.from_mapping(bad, "sweep.yaml: slurm")
+
+
+@pytest.mark.parametrize("extra, says", [(["--jobs", "2"], "--jobs and --devices are for the local executor"),
+                                         (["--devices", "0,1"], "--jobs and --devices are for the local executor"),
+                                         (["--poll", "0"], "--poll must be > 0 seconds, got 0.0")])
+def test_slurm_executor_usage_errors_are_one_line_before_anything_runs(tmp_path, capsys, extra, says):
+    from refers.cli.sweep import main
+    from tests.slurm.test_slurm_sweep import write_sweep
+
+    path = write_sweep(tmp_path)
+    assert main([str(path), "--executor", "slurm", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "runs").exists()  # nothing submitted, nothing written
+
+
+def test_finetune_submit_runs_training_only(finetune_datasets, tmp_path, capsys):
+    from refers.cli.finetune import main
+
+    list_dir, data_root = finetune_datasets["Shenzhen_Tuberculosis"]
+    argv = ["--dataset", "Shenzhen_Tuberculosis", "--name", "t", "--stage", "test", "--list_dir", str(list_dir),
+            "--data_root", str(data_root), "--output_dir", str(tmp_path / "out"), "--submit", "slurm"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--submit slurm runs fine-tuning (--stage train)" in err[0]
