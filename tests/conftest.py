@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.shared_data import finetune_datasets, prepared_lists, pretrain_studies, synth_root  # noqa: E402,F401 (fixtures)
+from tests.shared_data import finetune_datasets, prepared_lists, pretrain_run, pretrain_studies, synth_root  # noqa: E402,F401 (fixtures)
 from tests.slurm_cluster import slurm_cluster  # noqa: E402,F401 (fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -106,3 +106,16 @@ def pretrain_studies(tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("shared_studies")
     make_studies(root)
     yield from _shared(root, "pre-training studies")
+
+
+@pytest.fixture(scope="session")
+def pretrain_run(pretrain_studies, tmp_path_factory) -> Iterator[Path]:
+    """A 4-iteration pre-training run on :func:`pretrain_studies` (tiny preset: ViT-nano at 32 px,
+    1-layer BERT): its folder holds ``checkpoint_4.pth``, its tokenizers lie in ``../tok``."""
+    from refers.cli.pretrain import main as pretrain_main
+    from tests.cli.test_pretrain_cli import pretrain_args
+
+    root = tmp_path_factory.mktemp("shared_pretrain_run")
+    assert pretrain_main(pretrain_args(pretrain_studies, root / "run", "--no-export")) == 0
+    for _ in _shared(root, "pre-training run"):
+        yield root / "run"

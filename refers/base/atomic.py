@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -48,6 +49,26 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` (which must not exist or be empty); on success it
+    is renamed to ``path``, on error removed: a reader never sees a half-written folder."""
+    path = Path(path)
+    with _storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        with _storage_errors(path):
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the folder follows the umask
+            yield staging
+            if path.is_dir():
+                path.rmdir()  # empty (the caller checked): rename cannot replace a folder otherwise
+            staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -14,7 +14,7 @@ tables, figures and statistics); ``prepare`` is for the apps alone.
 
 A module belongs to the entry with the longest matching prefix (``refers.engine.pretrain_loop``
 is a task although ``refers.engine`` is the engine). ``refers`` itself stands only for the
-package's ``__init__`` (its version string); every other module must fall under a longer entry.
+package's ``__init__`` (the public API: its version and ``load_dual_encoder``); every other module must fall under a longer entry.
 This module only declares; it imports nothing.
 """
 
@@ -24,7 +24,7 @@ PACKAGE = "refers"
 
 # (layer, module prefixes), bottom to top.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("refers", "refers.base")),
+    ("base", ("refers.base",)),
     ("config", ("refers.config",)),
     ("data", ("refers.data", "refers.text")),
     ("models", ("refers.models", "refers.losses")),
@@ -32,6 +32,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Pre-training's loop, validation and parts are its task; they live in engine/ for now.
     ("tasks", ("refers.finetune", "refers.engine.pretrain_loop", "refers.engine.pretrain_eval",
                "refers.engine.pretrain_parts")),
+    # The package's __init__: the public API (refers.load_dual_encoder) over the layers below.
+    ("api", ("refers",)),
     ("apps", ("refers.sweep", "refers.sweep_runner", "refers.sweep_slurm", "refers.sweep_status", "refers.slurm",
               "refers.demo", "refers.bench")),
     ("cli", ("refers.cli", "refers.__main__")),

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
-        from refers import __version__
+        from refers.base.version import __version__
 
         print(f"refers {__version__}")
         return 0

@@ -87,9 +87,9 @@ def build_view_transform(cfg: Any, train: bool):
 
     data = cfg.DATA
     size = data.IMAGE_CROP_SIZE
-    to_float = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
     if not train:
-        return v2.Compose([*to_float, v2.Resize((size, size), antialias=True), RoundToUint8()])
+        return view_eval_transform(size)
+    to_float = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
     jitter = v2.ColorJitter(brightness=tuple(data.BRIGHTNESS), contrast=tuple(data.CONTRAST))
     return v2.Compose([
         *to_float,
@@ -97,6 +97,15 @@ def build_view_transform(cfg: Any, train: bool):
         v2.RandomApply([jitter], p=data.COLOR_JITTER_PROB),
         RoundToUint8(),
     ])
+
+
+def view_eval_transform(size: int):
+    """Pre-training's validation transform of one view: grey PIL image -> uint8 [1, size, size]
+    (resized, aspect not kept); also the exported dual encoder's."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Resize((size, size), antialias=True),
+                       RoundToUint8()])
 
 
 def flip(view: torch.Tensor) -> torch.Tensor:

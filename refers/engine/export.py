@@ -75,3 +75,62 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
         "synthetic_data": is_synthetic(Path(checkpoint).parent),
     }
     return save_encoder(encoder_state(model_state), out, fmt, provenance)
+
+
+def _training_data(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The training list a pre-training configuration names, with its dataset.yaml's name and licence."""
+    from refers.data.image_roots import read_dataset_yaml
+
+    listed = (cfg.get("DATA") or {}).get("TRAIN_LIST") or ""
+    info = read_dataset_yaml(Path(listed).parent) if listed and Path(listed).parent.is_dir() else {}
+    return {"train_list": listed, "dataset": info.get("dataset"), "license": info.get("license")}
+
+
+def _run_file(folder: Path, name: str) -> str | None:
+    path = folder / name
+    return path.read_text(encoding="utf-8", errors="replace").strip() if path.is_file() else None
+
+
+def model_card(provenance: dict[str, Any]) -> str:
+    """``MODEL_CARD.md`` of an exported dual encoder, from its provenance."""
+    data = provenance["training_data"]
+    synthetic = provenance["synthetic_data"]
+    lines = ["# REFERS dual encoder", ""]
+    if synthetic:
+        lines += ["**Trained on SYNTHETIC data** (`refers synth`): it says nothing about real radiographs.", ""]
+    lines += [
+        "An image encoder and a report encoder whose L2-normalised outputs share the space of REFERS's report "
+        "contrast. Load it with `refers.load_dual_encoder(folder)`.", "",
+        f"- Image encoder: {provenance['image_encoder']} at {provenance['image_size']} px, {provenance['num_views']} view(s) "
+        "per study",
+        f"- Training data: {data['dataset'] or 'unnamed'} (`{data['train_list']}`)",
+        f"- Licence of the training data: {data['license'] or 'not recorded; check the data source'}",
+        f"- Pre-training iterations: {provenance['iteration']}",
+        f"- Source checkpoint: `{provenance['source_checkpoint']}`",
+        f"- Commit: {provenance['git_commit'] or 'unknown'}",
+    ]
+    if provenance.get("command"):
+        lines += ["", "Command:", "", "```", provenance["command"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def export_dual_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write a pre-training checkpoint's dual encoder (both encoders, projection, tokenizer) to the
+    folder ``out`` (:mod:`refers.models.dual_encoder_folder`), with its model card."""
+    from refers.base.synthetic import is_synthetic
+    from refers.engine.run_info import git_commit
+    from refers.models.dual_encoder import dual_encoder_from_checkpoint
+    from refers.models.dual_encoder_folder import save_dual_encoder
+
+    checkpoint = Path(checkpoint)
+    encoder = dual_encoder_from_checkpoint(checkpoint, precision="fp32")
+    cfg = encoder.pretrain_config  # type: ignore[attr-defined]
+    info = json.loads(_run_file(checkpoint.parent, "run_info.json") or "{}")
+    spec = encoder.spec
+    provenance = {
+        "source_checkpoint": str(checkpoint.resolve()), "iteration": encoder.iteration,  # type: ignore[attr-defined]
+        "image_encoder": spec.image_encoder, "image_size": spec.image_size, "num_views": spec.num_views,
+        "synthetic_data": is_synthetic(checkpoint.parent), "training_data": _training_data(cfg),
+        "command": _run_file(checkpoint.parent, "command.txt"), "git_commit": info.get("git_commit") or git_commit(),
+    }
+    return save_dual_encoder(encoder, out, provenance, model_card(provenance))

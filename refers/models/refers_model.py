@@ -25,6 +25,7 @@ from torch import nn
 
 from refers.config import Config, config_path, parse_decoder_name
 from refers.losses import caption_loss, convirt_loss
+from refers.models.contrast import image_contrast_vectors, report_contrast_vectors
 from refers.models.fusion import ViewFusion
 from refers.models.report_decoder import ReportDecoder
 from refers.models.vit import build_vit, vit_tokens
@@ -89,8 +90,7 @@ class RefersModel(nn.Module):
 
     def _contrast_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
         """The image side of the report contrast from [B, V, 1 + P, D] tokens: [B, V*D]."""
-        pooled = tokens[:, :, 0] if self.contrast_pooling == "cls" else tokens[:, :, 1:].mean(dim=2)
-        return pooled.flatten(1)
+        return image_contrast_vectors(tokens, self.contrast_pooling)
 
     def _memory_and_contrast(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused decoder memory [B, V*P, D] and the contrast's image vectors [B, V*D]."""
@@ -106,11 +106,7 @@ class RefersModel(nn.Module):
     # -- report side --------------------------------------------------------------------------
 
     def _report_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        output = self.bert(input_ids=input_ids, attention_mask=attention_mask)
-        if self.report_pooling == "pooler":
-            return self.text_projection(output.pooler_output)
-        mask = attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
-        return self.text_projection((output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1))
+        return report_contrast_vectors(self.bert, self.text_projection, input_ids, attention_mask, self.report_pooling)
 
     def encode_reports(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised report vectors for retrieval, [B, V*D], from BERT ids [B, Lb]."""

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence, TextIO
 
 import yaml
 
-from refers import __version__
+from refers.base.version import __version__
 from refers.base.atomic import atomic_write_text
 from refers.base.digest import sha256_file
 from refers.base.errors import UserError

@@ -40,20 +40,15 @@ def bert_dir(cfg) -> Path | None:
     return path
 
 
-def build_bert(cfg):
-    """A transformers ``BertModel``, from ``BERT_DIR`` or from the configured sizes.
+def bert_config(cfg):
+    """The transformers ``BertConfig`` of the report encoder: ``BERT_DIR``'s, or from the configured sizes."""
+    from transformers import BertConfig
 
-    It has its pooler unless the report contrast reads the mean token state
-    (``MODEL.TEXTUAL.CONTRAST_POOLING: mean``): an unused pooler would get no gradient, which DDP refuses.
-    """
-    from transformers import BertConfig, BertModel
-
-    pooler = cfg.MODEL.TEXTUAL.CONTRAST_POOLING == "pooler"
     path = bert_dir(cfg)
     if path is not None:
-        return BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=pooler)
+        return BertConfig.from_pretrained(str(path), local_files_only=True)
     text = cfg.MODEL.TEXTUAL
-    config = BertConfig(
+    return BertConfig(
         vocab_size=text.BERT_VOCAB_SIZE,
         hidden_size=text.BERT_HIDDEN,
         num_hidden_layers=text.BERT_LAYERS,
@@ -63,7 +58,21 @@ def build_bert(cfg):
         attention_probs_dropout_prob=text.BERT_DROPOUT,
         max_position_embeddings=max(512, cfg.DATA.BERT_MAX_LENGTH),
     )
-    return BertModel(config, add_pooling_layer=pooler)
+
+
+def build_bert(cfg):
+    """A transformers ``BertModel``, from ``BERT_DIR`` or from the configured sizes.
+
+    It has its pooler unless the report contrast reads the mean token state
+    (``MODEL.TEXTUAL.CONTRAST_POOLING: mean``): an unused pooler would get no gradient, which DDP refuses.
+    """
+    from transformers import BertModel
+
+    pooler = cfg.MODEL.TEXTUAL.CONTRAST_POOLING == "pooler"
+    path = bert_dir(cfg)
+    if path is not None:
+        return BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=pooler)
+    return BertModel(bert_config(cfg), add_pooling_layer=pooler)
 
 
 def load_bert_tokenizer(cfg):

@@ -235,7 +235,7 @@ def test_the_checker_reports_backwards_imports_leaves_relative_imports_and_cycle
 
 
 def test_every_longest_prefix_decides_and_the_package_root_is_its_init_alone():
-    assert _rank_of("refers", declared.LAYERS, declared.LEAVES) == ("base", "layer")
+    assert _rank_of("refers", declared.LAYERS, declared.LEAVES) == ("api", "layer")
     assert _rank_of("refers.engine.optim", declared.LAYERS, declared.LEAVES) == ("engine", "layer")
     assert _rank_of("refers.engine.pretrain_loop", declared.LAYERS, declared.LEAVES) == ("tasks", "layer")
     assert _rank_of("refers.eval.metrics", declared.LAYERS, declared.LEAVES) == ("eval", "leaf")
