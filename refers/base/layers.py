@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engine", ("refers.engine",)),
     # Pre-training's loop, validation and parts are its task; they live in engine/ for now.
     ("tasks", ("refers.finetune", "refers.engine.pretrain_loop", "refers.engine.pretrain_eval",
-               "refers.engine.pretrain_parts")),
+               "refers.engine.pretrain_parts", "refers.crossmodal")),
     # The package's __init__: the public API (refers.load_dual_encoder) over the layers below.
     ("api", ("refers",)),
     ("apps", ("refers.sweep", "refers.sweep_runner", "refers.sweep_slurm", "refers.sweep_status", "refers.slurm",

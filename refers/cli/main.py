@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("refers.cli.finetune", "fine-tune on a downstream dataset (same as Fine-tune/train.py)"),
     "test": ("refers.cli.test", "evaluate a fine-tuned checkpoint and write prediction files (same as Fine-tune/test.py)"),
     "predict": ("refers.cli.predict", "score PNG/JPEG/DICOM images with a fine-tuned checkpoint"),
+    "zeroshot": ("refers.cli.zeroshot", "classify a test list without labels, from text prompts and a dual encoder"),
+    "retrieval": ("refers.cli.retrieval", "image-report retrieval recall on a study index, with bootstrap intervals"),
     "results": ("refers.cli.results", "tables, confidence intervals, significance tests and ROC figures"),
     "sweep": ("refers.cli.sweep", "run a grid of fine-tuning/testing runs"),
     "demo": ("refers.cli.demo", "the whole pipeline on built-in synthetic data"),

@@ -291,14 +291,21 @@ def _worker(local_rank: int, launch: dict[str, Any], from_env: bool = False) -> 
 
 
 def _train_process(launch: dict[str, Any], info: Any) -> int:
+    args = launch["args"]
+    folder = Path(launch["folder"])
+    _setup_logging(folder, info.rank)
+    try:
+        return _train(launch, info, folder, args)
+    finally:
+        _close_logging()  # a caller in the same process (tests, notebooks) logs nothing more into this run's log.txt
+
+
+def _train(launch: dict[str, Any], info: Any, folder: Path, args: dict[str, Any]) -> int:
     from refers.config import Config
     from refers.engine.distributed import barrier
     from refers.engine.pretrain_loop import LoopOptions, run_pretraining
     from refers.engine.pretrain_parts import build_refers_parts
 
-    args = launch["args"]
-    folder = Path(launch["folder"])
-    _setup_logging(folder, info.rank)
     cfg = Config.from_dict(launch["cfg"])
     if info.is_main:  # the others wait at the barrier until the tokenizers exist
         _ensure_tokenizers(cfg)
@@ -331,12 +338,19 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def _setup_logging(folder: Path, rank: int) -> None:
-    """Rank 0 logs INFO to stdout and ``{folder}/log.txt``; other ranks log warnings only."""
+def _close_logging() -> None:
+    """Remove the handlers :func:`_setup_logging` added (closing the log file)."""
     logger = logging.getLogger("refers")
     for handler in [h for h in logger.handlers if getattr(h, "_refers_pretrain", False)]:
         logger.removeHandler(handler)
         handler.close()
+    logger.propagate = True
+
+
+def _setup_logging(folder: Path, rank: int) -> None:
+    """Rank 0 logs INFO to stdout and ``{folder}/log.txt``; other ranks log warnings only."""
+    _close_logging()
+    logger = logging.getLogger("refers")
     formatter = logging.Formatter(f"%(asctime)s {'' if rank == 0 else f'[rank {rank}] '}%(levelname)s %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [_TqdmHandler()]
     if rank == 0:

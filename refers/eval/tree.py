@@ -95,15 +95,22 @@ def dataset_key(name: str) -> tuple[int, str]:
     return (FINETUNE_DATASETS.index(spec.name), name) if spec and spec.name in FINETUNE_DATASETS else (len(FINETUNE_DATASETS), name)
 
 
+ZERO_SHOT_FOLDER = "zeroshot"  # refers zeroshot's task folder: no labels at all
+
+
 def group_key(group: str) -> tuple[int, float, str]:
-    """Sort key: fractions by number (data1 < data10 < data100), then task folders by name."""
+    """Sort key: zero-shot first, fractions by number (data1 < data10 < data100), then task folders by name."""
     match = FRACTION_FOLDER.match(group)
+    if group.lower() == ZERO_SHOT_FOLDER:
+        return (0, -1.0, group)
     return (0, float(match.group(1)), group) if match else (1, 0.0, group)
 
 
 def group_label(group: str) -> str:
-    """``data10`` -> ``10%``; a task folder stays as it is."""
+    """``data10`` -> ``10%``, ``zeroshot`` -> ``zero-shot``; another task folder stays as it is."""
     match = FRACTION_FOLDER.match(group)
+    if group.lower() == ZERO_SHOT_FOLDER:
+        return "zero-shot"
     return f"{match.group(1)}%" if match else group
 
 

@@ -120,7 +120,7 @@ def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_
     }
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(folder / "summary.txt", summary_text(summary))
-    write_roc(folder, setup, args, result)
+    write_roc(folder, setup, f"data{args.data_volume}", args.method, args.seed, result.labels, result.probs)
     record = {
         "synthetic": setup.synthetic, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": {"path": str(Path(args.pretrained_dir).resolve()), "sha256": checkpoint_sha},
@@ -147,10 +147,13 @@ def summary_text(summary: dict) -> str:
     if summary["synthetic"]:
         lines.append("SYNTHETIC DATA: these numbers say nothing about real X-rays.")
     low, high = summary["mean_auc_ci95"]
+    volume = "zero-shot (no labels)" if summary.get("zero_shot") else f"{summary['data_volume']}%"
+    loss = "" if summary["test_loss"] is None else f"  test loss: {summary['test_loss']:.5f}"
     lines += [
-        f"dataset: {summary['dataset']}  data volume: {summary['data_volume']}%  method: {summary['method']}  seed: {summary['seed']}",
+        f"dataset: {summary['dataset']}  data volume: {volume}  method: {summary['method']}  seed: {summary['seed']}",
         f"checkpoint: {summary['checkpoint']}",
-        f"test images: {summary['n_images']}  test loss: {summary['test_loss']:.5f}",
+        *([f"prompts: {summary['prompts']}"] if summary.get("prompts") else []),
+        f"test images: {summary['n_images']}{loss}",
         f"mean AUC: {number(summary['mean_auc'])}  (95% bootstrap CI {number(low)} - {number(high)}, "
         f"{summary['bootstrap_resamples']} resamples)",
         "",
@@ -161,16 +164,17 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_roc(folder: Path, setup, args: FinetuneArgs, result) -> None:
-    """ROC curves through the results tool's figure code (one panel per class)."""
+def write_roc(folder: Path, setup, group: str, method: str, seed: int, labels: np.ndarray, probs: np.ndarray) -> None:
+    """ROC curves through the results tool's figure code (one panel per class); ``group`` is the
+    run's fraction or task folder (``data10``, ``zeroshot``)."""
     from refers.data.registry import safe_class_filename
     from refers.eval.figures import roc_figure
     from refers.eval.report import evaluate_run, summarise
     from refers.eval.tree import Run
 
-    classes = {safe_class_filename(c): (result.labels[:, i].astype(np.float64), result.probs[:, i].astype(np.float64))
+    classes = {safe_class_filename(c): (labels[:, i].astype(np.float64), probs[:, i].astype(np.float64))
                for i, c in enumerate(setup.classes)}
-    run = Run(setup.dataset, f"data{args.data_volume}", args.method, args.seed, folder, classes, setup.synthetic)
+    run = Run(setup.dataset, group, method, seed, folder, classes, setup.synthetic)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         roc_figure(summarise([evaluate_run(run, bootstrap=0, seed=0)]), folder / "roc.png")

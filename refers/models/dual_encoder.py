@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -257,6 +258,7 @@ def dual_encoder_from_checkpoint(path: str | os.PathLike, precision: str = "auto
         FileNotFoundError: its tokenizer folder is gone.
     """
     from refers.base.checkpoints import safe_load
+    from refers.base.synthetic import is_synthetic
     from refers.config import Config
     from refers.text.bert import bert_config as bert_config_of, load_bert_tokenizer
 
@@ -274,6 +276,7 @@ def dual_encoder_from_checkpoint(path: str | os.PathLike, precision: str = "auto
     encoder.load_state_dict(state)
     encoder.iteration = raw.get("iteration")  # type: ignore[attr-defined]
     encoder.pretrain_config = saved  # type: ignore[attr-defined]
+    encoder.provenance = {"synthetic_data": is_synthetic(Path(path).parent)}  # type: ignore[attr-defined]
     return encoder.to(device) if device is not None else encoder
 
 
