@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from refers.base.synthetic import mark_synthetic
     from refers.eval.figures import write_figures
     from refers.eval.report import build_report
+    from refers.eval.retrieval import find_retrieval_results
     from refers.eval.tables import console_summary, write_tables
     from refers.eval.tree import discover
     from refers.base.paths import results_dir
@@ -60,9 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"output folder {out} is inside the results tree {root}; pass --out elsewhere (the tree is never written)", exit_code=2)
     check_output_dir(out, "--out")  # before any work
     tree = discover(root)
-    if not tree.runs:
+    retrieval = find_retrieval_results(root)
+    if not tree.runs and not retrieval:
         problems = "".join(f"\n  {p}" for p in tree.problems)
-        raise UserError(f"no prediction files under {root} (layout <Dataset>/<fraction or task>/<METHOD>/[seed<k>/]<Class>.txt){problems}")
+        raise UserError(f"no prediction files under {root} (layout <Dataset>/<fraction or task>/<METHOD>/[seed<k>/]<Class>.txt) "
+                        f"and no retrieval.json{problems}")
     compare = None
     if args.compare:  # spelled as in the tree (case-insensitive match)
         compare = next((run.method for run in tree.runs if run.method.lower() == args.compare.lower()), None)
@@ -74,9 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tqdm(items, desc=desc, unit="item", disable=None, leave=False)
 
     report = build_report(tree, args.bootstrap, args.seed, compare, progress=progress)
+    report.retrieval = retrieval
     out.mkdir(parents=True, exist_ok=True)
     written = write_tables(report, out)
-    if tree.synthetic:  # outputs made from synthetic data carry the marker too
+    if report.synthetic:  # outputs made from synthetic data carry the marker too
         mark_synthetic(out, "Made from prediction files of SYNTHETIC data: not results on real patients.\n")
     if args.figures:
         written += write_figures(report, out / "figures", progress=lambda jobs: progress(jobs, "figures"))

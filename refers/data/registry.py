@@ -62,6 +62,8 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec("MIMIC-CXR", "MIMIC", "mimic", CHEXPERT_CLASSES, 14),
+        # Open-i's Indiana University chest X-rays: reports with images, labels mapped to CheXpert's classes.
+        DatasetSpec("IU_X-ray", "IU_X-ray", "iu", CHEXPERT_CLASSES, 14),
         DatasetSpec("NIH_ChestX-ray", "NIH_ChestX-ray", "nih", NIH_CLASSES, 14),
         DatasetSpec("VinBigData_Chest_X-ray", "VinBigData_Chest_X-ray", "vinbig", VINBIG_CLASSES, 14),
         DatasetSpec("Shenzhen_Tuberculosis", "Shenzhen_Tuberculosis", "shenzhen", ("Tuberculosis",), 2),

@@ -106,6 +106,12 @@ class Report:
     bootstrap: int = 0
     seed: int = 0
     compare: str | None = None
+    # (folder under the tree, content) of each retrieval.json of `refers retrieval` found in the tree
+    retrieval: list[tuple[str, dict]] = field(default_factory=list)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.tree.synthetic or any(bool(result.get("synthetic")) for _, result in self.retrieval)
 
 
 def _rows_consistent(run: Run) -> bool:

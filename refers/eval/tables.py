@@ -17,6 +17,7 @@ import numpy as np
 from refers.base.atomic import atomic_write_text
 from refers.eval.metrics import percentile_interval
 from refers.eval.report import MethodSummary, Report, RunResult
+from refers.eval.retrieval import retrieval_table
 from refers.eval.tree import METHOD_NAMES, dataset_key, group_key, group_label, method_key
 
 SYNTHETIC_BANNER = "**SYNTHETIC DATA: these numbers come from synthetic images and reports, not from real radiographs.**"
@@ -129,13 +130,18 @@ def comparison_tables(report: Report) -> str:
 
 def render_markdown(report: Report) -> str:
     lines = [f"# Fine-tuning results: {report.tree.root}", ""]
-    if report.tree.synthetic:
+    if report.synthetic:
         lines += [SYNTHETIC_BANNER, ""]
-    lines += ["## Mean AUC (%)", "", pivot_table(report)]
-    ci_note = (f"95% percentile bootstrap intervals over {report.bootstrap} image-level resamples (seed {report.seed}); "
-               "with several seeds, of the seed-averaged mean AUC." if report.bootstrap else "No bootstrap (--bootstrap 0).")
-    lines += ["## Mean AUC and AUPRC with confidence intervals (%)", "", ci_note, "", ci_table(report)]
-    lines += ["## Per-class results", "", class_tables(report)]
+    if report.summaries:
+        lines += ["## Mean AUC (%)", "", pivot_table(report)]
+        ci_note = (f"95% percentile bootstrap intervals over {report.bootstrap} image-level resamples (seed {report.seed}); "
+                   "with several seeds, of the seed-averaged mean AUC." if report.bootstrap else "No bootstrap (--bootstrap 0).")
+        lines += ["## Mean AUC and AUPRC with confidence intervals (%)", "", ci_note, "", ci_table(report)]
+        lines += ["## Per-class results", "", class_tables(report)]
+    if report.retrieval:
+        lines += ["## Retrieval (refers retrieval, recall in %)", "",
+                  "Each folder's retrieval.md has the intervals, median ranks and the 5x200 protocol.", "",
+                  retrieval_table(report.retrieval)]
     if report.compare:
         lines += [f"## Paired comparison with {report.compare}", "", comparison_tables(report) or "No comparable runs.\n"]
     lines += ["## Checks", ""] + ([f"- {m}" for m in report.checks] or ["- no problems found"]) + [""]
@@ -185,8 +191,11 @@ def write_tables(report: Report, out: Path) -> list[Path]:
 
 def console_summary(report: Report) -> str:
     """What ``refers results`` prints: the mean AUC table, the comparison summary and the checks."""
-    lines = [SYNTHETIC_BANNER, ""] if report.tree.synthetic else []
-    lines += ["Mean AUC (%):", "", pivot_table(report)]
+    lines = [SYNTHETIC_BANNER, ""] if report.synthetic else []
+    if report.summaries:
+        lines += ["Mean AUC (%):", "", pivot_table(report)]
+    if report.retrieval:
+        lines += ["Retrieval (recall %):", "", retrieval_table(report.retrieval)]
     if report.compare and report.comparisons:
         lines += [f"Paired comparison with {report.compare}:", "", comparison_tables(report).split("\nPer class")[0]]
     lines += ["Checks:"] + ([f"  - {m}" for m in report.checks] or ["  no problems found"])
