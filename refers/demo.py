@@ -11,9 +11,11 @@ commands are appended to ``<out>/commands.sh`` (runnable from the project root) 
 5. ``refers sweep``: fine-tuning from the export and from scratch (and, with ``--full``, from a
    control pre-trained on shuffled image-report pairs), each arm's candidate (learning rate, linear
    probe or full fine-tuning) chosen on validation, then ``test.py``;
-6. ``refers results``: the table, confidence intervals and ROC figures;
-7. the pre-training retrieval recall and one generated report next to its true report;
-8. ``<out>/summary.json``.
+6. ``refers export --dual-encoder``, ``refers zeroshot`` on the NIH-format test set (no labels used)
+   and ``refers retrieval`` on the MIMIC-style test studies, into the results tree;
+7. ``refers results``: the table, confidence intervals and ROC figures (zero-shot and retrieval too);
+8. the pre-training retrieval recall and one generated report next to its true report;
+9. ``<out>/summary.json``.
 
 Budgets (studies, pre-training length, fine-tuning grid) live in ``configs/demo/*.yaml`` and
 ``configs/sweep/demo*.yaml``.
@@ -41,6 +43,8 @@ from refers.data.registry import FINETUNE_DATASETS, get_dataset
 from refers.base.paths import project_root
 
 MARKER = "DEMO.txt"  # marks a folder as demo output, which a new run may delete
+STAGES = 9
+ZERO_SHOT_DATASET = "NIH_ChestX-ray"
 
 
 class DemoError(RuntimeError):
@@ -148,7 +152,7 @@ class Demo:
 
     def stage(self, title: str) -> None:
         self.stage_number += 1
-        line = f"[{self.stage_number}/8] {title}"
+        line = f"[{self.stage_number}/{STAGES}] {title}"
         print(f"\n{line}\n{'-' * len(line)}", flush=True)
         with (self.out / "commands.sh").open("a", encoding="utf-8") as handle:
             handle.write(f"\n# {line}\n")
@@ -277,6 +281,38 @@ class Demo:
         atomic_write_text(sweep, f"# {self.profile.sweep} with ${{OUT}} = {self.out}\n" + yaml.safe_dump(resolved, sort_keys=False))
         self.refers("sweep", sweep, log="sweep")
 
+    def dual_encoder(self) -> Path:
+        return self.path("checkpoints", "REFERS", "dual_encoder")
+
+    def retrieval_folder(self) -> Path:
+        return self.path("Results_of_fine-tuning", "retrieval", "MIMIC-CXR_test", "REFERS")
+
+    def crossmodal(self) -> dict[str, Any]:
+        """Stage 6: the dual encoder's zero-shot AUC on the NIH-format test set and its retrieval on the
+        MIMIC-style test studies; both land in the results tree, so stage 7 tables them."""
+        self.stage(f"zero-shot classification ({ZERO_SHOT_DATASET} test set, no labels) and image-report retrieval "
+                   "(MIMIC-style test studies) with the exported dual encoder")
+        self.refers("export", self.last_checkpoint("REFERS"), "--dual-encoder", "--out", self.dual_encoder(), log="export-dual")
+        self.refers("zeroshot", "--model", self.dual_encoder(), "--dataset", ZERO_SHOT_DATASET, "--list_dir",
+                    self.lists(ZERO_SHOT_DATASET), "--results_dir", self.path("Results_of_fine-tuning"), "--no-progress",
+                    "--batch-size", "256", log="zeroshot")
+        zeroshot = json.loads(self.path("Results_of_fine-tuning", ZERO_SHOT_DATASET, "zeroshot", "REFERS", "seed0",
+                                        "summary.json").read_text(encoding="utf-8"))
+        studies = self.lists("MIMIC-CXR") / "test_studies.jsonl"
+        retrieval: dict[str, Any] = {"skipped": "fewer than 2 test studies"}
+        if sum(1 for line in studies.read_text(encoding="utf-8").splitlines() if line.strip()) >= 2:
+            self.refers("retrieval", "--model", self.dual_encoder(), "--studies", studies, "--out", self.retrieval_folder(),
+                        "--bootstrap", str(self.profile.bootstrap), "--no-progress", log="retrieval")
+            found = json.loads((self.retrieval_folder() / "retrieval.json").read_text(encoding="utf-8"))["all_studies"]
+            retrieval = {"studies": found["n"], "image_to_report_R@5": found["image_to_report"]["R@5"]["value"],
+                         "image_to_report_R@5_ci95": found["image_to_report"]["R@5"]["ci95"],
+                         "report_to_image_R@5": found["report_to_image"]["R@5"]["value"],
+                         "same_findings_R@5": found["image_to_report"].get("same_findings_R@5", {}).get("value"),
+                         "chance_R@5": found["chance"]["R@5"]}
+        return {"zeroshot_auc": {ZERO_SHOT_DATASET: {"mean_auc": zeroshot["mean_auc"], "ci95": zeroshot["mean_auc_ci95"],
+                                                     "test_images": zeroshot["n_images"]}},
+                "test_retrieval": retrieval}
+
     def results(self) -> None:
         self.stage("results: table, confidence intervals, ROC figures")
         self.refers("results", self.path("Results_of_fine-tuning"), "--out", self.path("results"), "--compare", "REFERS",
@@ -301,12 +337,13 @@ class Demo:
                 "validation_studies": len(studies), "study": study.folder, "generated_report": text,
                 "true_report": study.text}
 
-    def summary(self, seconds: float, check: dict[str, Any]) -> dict[str, Any]:
-        """``summary.json``: AUCs (means over seeds) from ``refers results``' table, recall, time."""
+    def summary(self, seconds: float, check: dict[str, Any], crossmodal: dict[str, Any]) -> dict[str, Any]:
+        """``summary.json``: AUCs (means over seeds) from ``refers results``' table, recall, zero-shot, time."""
         summary = {"synthetic": True, "seconds": round(seconds, 1),
                    "retrieval_recall_at_5": check["retrieval_recall_at_5"],
                    "auc": auc_table(self.path("results", "mean_auc.csv")),
                    "retrieval_chance_at_5": check["retrieval_chance_at_5"],
+                   **crossmodal,
                    "stage_seconds": {k: round(v, 1) for k, v in self.timings.items()},
                    "profile": self.profile.name}
         atomic_write_text(self.path("summary.json"), json.dumps(summary, indent=2) + "\n")
@@ -323,6 +360,8 @@ def auc_table(csv_path: Path) -> dict[str, dict[str, dict[str, float]]]:
     table: dict[str, dict[str, dict[str, float]]] = {}
     with csv_path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
+            if not row["task"].startswith("data"):  # zero-shot and other task rows: not a label fraction
+                continue
             percent = row["task"].removeprefix("data")
             value = float(row["mean_auc"])
             table.setdefault(row["dataset"], {}).setdefault(percent, {})[row["method"]] = value / 100 if value > 1 else value
@@ -356,6 +395,10 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
+def _three(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def run_demo(out: Path, profile: Profile, stream: bool = True) -> dict[str, Any]:
     """Run every stage into ``out`` (emptied first) and return the summary.
 
@@ -370,16 +413,25 @@ def run_demo(out: Path, profile: Profile, stream: bool = True) -> dict[str, Any]
     demo.pretrain()
     demo.export()
     demo.finetune()
+    crossmodal = demo.crossmodal()
     demo.results()
     check = demo.report_generation()
     demo.stage("summary")
-    summary = demo.summary(time.perf_counter() - start, check)
+    summary = demo.summary(time.perf_counter() - start, check, crossmodal)
     print("SYNTHETIC DATA: these numbers show that the pipeline learns; they are not results on real radiographs.\n")
     print("Mean test AUC (means over data seeds; each arm's fine-tuning candidate chosen on validation):\n")
     print(format_table(summary))
     recall = summary["retrieval_recall_at_5"]
     print(f"\nPre-training image-to-report recall@5 on the {check['validation_studies']} validation studies: "
           f"{'n/a' if recall is None else f'{recall:.3f}'} (chance {check['retrieval_chance_at_5']:.3f})")
+    zeroshot = summary["zeroshot_auc"][ZERO_SHOT_DATASET]
+    low, high = zeroshot["ci95"]
+    print(f"\nZero-shot mean AUC on the {zeroshot['test_images']} {ZERO_SHOT_DATASET} test images (SYNTHETIC; prompts "
+          f"only, no labels): {_three(zeroshot['mean_auc'])} (95% CI {_three(low)}-{_three(high)})")
+    test = summary["test_retrieval"]
+    if "skipped" not in test:
+        print(f"Image-to-report recall@5 on the {test['studies']} test studies (SYNTHETIC): {_three(test['image_to_report_R@5'])} "
+              f"(chance {_three(test['chance_R@5'])}); same findings {_three(test['same_findings_R@5'])}")
     print(f"\nGenerated report for {check['study']}:\n  {check['generated_report']}\nTrue report:\n  {check['true_report']}")
     print(f"\nTables and ROC figures: {demo.path('results')}\nEvery command: {demo.path('commands.sh')}\n"
           f"Summary: {demo.path('summary.json')}\nTotal time: {summary['seconds']:.0f} s")

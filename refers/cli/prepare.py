@@ -5,6 +5,7 @@
   refers prepare shenzhen  [--split patient | original --lists DIR]
   refers prepare covid     [--views all|frontal] [--split patient | original --lists DIR]
   refers prepare vinbig    [--scale 0.25 | --max-size N] [--label-rule union|majority] [--split patient | original --lists DIR]
+  refers prepare iu        [--root Data/IU_X-ray] [--out DataProcessed/IU_X-ray] [--projections indiana_projections.csv]
 
 --split original writes the published lists line for line; where the metadata's labels differ, the
 published ones are kept (--labels metadata takes the metadata's) and label_differences.tsv says where.
@@ -56,7 +57,7 @@ def _labels_flag(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{mimic,nih,shenzhen,covid,vinbig,fractions,pack,check}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{mimic,nih,shenzhen,covid,vinbig,iu,fractions,pack,check}")
 
     mimic = sub.add_parser("mimic", help="MIMIC-CXR-JPG + reports: resized images, caption/study lists, study index")
     _common(mimic, images=True)
@@ -102,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "line for line (only their images are converted)")
     vinbig.add_argument("--lists", type=Path, help="folder with the original's train.txt, val.txt, test.txt (for --split original)")
     _labels_flag(vinbig)
+
+    iu = sub.add_parser("iu", help="IU X-ray (Open-i): reports from the XML, MeSH terms as CheXpert labels, study index")
+    _common(iu, images=True, split=True)
+    iu.add_argument("--projections", type=Path,
+                    help="indiana_projections.csv (uid, filename, projection): the images' views; without it they are unknown")
+    iu.add_argument("--short-side", type=int, default=320, help="shorter side of the copied images (default 320)")
 
     fractions = sub.add_parser("fractions", help="label-efficient subsets train_<pct>_seed<k>.txt of train.txt")
     fractions.add_argument("--dataset", required=True, help="nih, vinbig, shenzhen, covid (or a folder name)")
@@ -157,6 +164,8 @@ def _validate(args: argparse.Namespace) -> None:
         unknown = [s for s in args.sections if s.lower() not in SECTION_NAMES]
         if unknown:
             raise UserError(f"unknown --sections {' '.join(unknown)} (known: {' '.join(SECTION_NAMES)})", exit_code=2)
+    if args.action == "iu" and args.short_side < 8:
+        raise UserError("--short-side must be at least 8", exit_code=2)
     if args.action == "nih" and 0 < args.short_side < 8:
         raise UserError("--short-side must be 0 (keep the originals) or at least 8", exit_code=2)
     if args.action == "fractions":
@@ -186,6 +195,8 @@ def _dataset_options(args: argparse.Namespace) -> dict:
         options.update(short_side=args.short_side, metadata=args.metadata)
     elif action == "covid":
         options["views"] = args.views
+    elif action == "iu":
+        options.update(projections=args.projections, short_side=args.short_side)
     elif action == "vinbig":
         options.update(scale=args.scale, max_size=args.max_size, label_rule=args.label_rule)
     return options

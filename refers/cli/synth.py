@@ -18,7 +18,8 @@ from refers.data.registry import get_dataset
 
 PROG = "refers synth"
 DATASET_ORDER = ("MIMIC-CXR", "NIH_ChestX-ray", "Shenzhen_Tuberculosis", "COVID-19_Image_Data_Collection",
-                 "VinBigData_Chest_X-ray")
+                 "VinBigData_Chest_X-ray", "IU_X-ray")
+DEFAULT_DATASETS = DATASET_ORDER[:5]  # the paper's; IU X-ray only with --datasets iu
 
 
 def _positive(minimum: int, maximum: int | None = None):
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Generate synthetic chest X-ray datasets (images, reports, labels) in the official on-disk "
-                    "layouts of MIMIC-CXR-JPG, NIH ChestX-ray14, Shenzhen, COVID-19 Image Data Collection and "
-                    "VinBigData. Every dataset folder gets a SYNTHETIC.txt marker.")
+                    "layouts of MIMIC-CXR-JPG, NIH ChestX-ray14, Shenzhen, COVID-19 Image Data Collection, "
+                    "VinBigData and (with --datasets iu) IU X-ray. Every dataset folder gets a SYNTHETIC.txt marker.")
     parser.add_argument("--out", required=True, help="parent folder; datasets go to OUT/<dataset name>/")
     parser.add_argument("--studies", type=_positive(10), default=2000,
                         help="MIMIC pre-training studies; the other datasets scale with it (default 2000: NIH and "
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=_positive(32, 4096), default=128,
                         help="side of the square images in pixels (default 128)")
     parser.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
-                        help="subset to write: folder names or aliases (mimic nih shenzhen covid vinbig); default all")
+                        help="subset to write: folder names or aliases (mimic nih shenzhen covid vinbig iu); default the first five "
+                             "(IU X-ray, the Open-i layout, only when named)")
     parser.add_argument("--workers", type=_positive(1, 64), default=None,
                         help="rendering processes (default: up to 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resolve(names: Sequence[str] | None, parser: argparse.ArgumentParser) -> list[str]:
     if not names:
-        return list(DATASET_ORDER)
+        return list(DEFAULT_DATASETS)
     chosen = []
     for name in names:
         try:

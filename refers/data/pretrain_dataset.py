@@ -36,11 +36,11 @@ _LATERAL_VIEWS = {"LATERAL", "LL", "RL", "XTABLE LATERAL", "LAT"}
 
 
 def view_kind(view: str) -> int:
-    """``FRONTAL`` (PA, AP and their variants), ``LATERAL``, or ``OTHER`` (unknown "", oblique, ...)."""
+    """``FRONTAL`` (PA, AP and their variants; IU X-ray's "Frontal"), ``LATERAL``, or ``OTHER`` (unknown "", oblique, ...)."""
     name = view.strip().upper()
     if name in _LATERAL_VIEWS:
         return LATERAL
-    if name.split(" ")[0] in ("PA", "AP"):
+    if name.split(" ")[0] in ("PA", "AP", "FRONTAL"):
         return FRONTAL
     return OTHER
 

@@ -149,7 +149,7 @@ def prepare_mimic(
     done = prepare_images(jobs, ResizeSpec(short_side=short_side), workers, skip_bad, summary, "mimic images",
                           failures_file=out / FAILURES_FILE)
     by_split = _studies_by_split(root, images_out, studies, views, labels, texts, done)
-    written = _write_lists(out, images_out, by_split, summary)
+    written = write_split_lists(out, images_out, by_split, summary)
     marker = synthetic_marker(root)
     stamp_synthetic(out, marker)
     stamp_synthetic(images_out, marker)
@@ -209,8 +209,9 @@ def _studies_by_split(root: Path, images_out: Path, studies: dict[str, dict], vi
     return by_split
 
 
-def _write_lists(out: Path, images_out: Path, by_split: dict[str, list[Study]], summary: Summary) -> list[Path]:
-    """Every split's caption list, study list with labels, and study index (with its column cache)."""
+def write_split_lists(out: Path, images_out: Path, by_split: dict[str, list[Study]], summary: Summary) -> list[Path]:
+    """Every split's caption list, study list with labels, and study index (with its column cache);
+    MIMIC's and IU X-ray's (both labelled with the 14 CheXpert classes)."""
     written: list[Path] = []
     for split in OUTPUT_SPLITS:
         items = by_split.get(split, [])

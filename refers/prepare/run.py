@@ -1,4 +1,4 @@
-"""One dataset command of ``refers prepare`` (mimic, nih, shenzhen, covid, vinbig), with the command's defaults.
+"""One dataset command of ``refers prepare`` (mimic, nih, shenzhen, covid, vinbig, iu), with the command's defaults.
 
 The command (:mod:`refers.cli.prepare`) reads the flags and comes here; the bench makes its data
 here too, so both prepare a dataset the same way. Only the standard library is imported at the
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-DATASET_COMMANDS = ("mimic", "nih", "shenzhen", "covid", "vinbig")
-WITH_IMAGES = ("mimic", "nih", "vinbig")  # the commands that write prepared images (and take workers)
+DATASET_COMMANDS = ("mimic", "nih", "shenzhen", "covid", "vinbig", "iu")
+WITH_IMAGES = ("mimic", "nih", "vinbig", "iu")  # the commands that write prepared images (and take workers)
 
 # ``refers prepare nih`` copies the images at this shorter side unless told otherwise (0: keep the originals).
 NIH_SHORT_SIDE = 512

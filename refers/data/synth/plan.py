@@ -14,7 +14,7 @@ from refers.data.synth.findings import Patient, View
 # One stream of random numbers per dataset, so adding a dataset never changes another one.
 DATASET_CODES = {
     "MIMIC-CXR": 1, "NIH_ChestX-ray": 2, "Shenzhen_Tuberculosis": 3, "COVID-19_Image_Data_Collection": 4,
-    "VinBigData_Chest_X-ray": 5,
+    "VinBigData_Chest_X-ray": 5, "IU_X-ray": 6,
 }
 
 
