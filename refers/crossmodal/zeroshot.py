@@ -34,7 +34,7 @@ from refers.eval.predictions import write_prediction_files
 from refers.eval.tree import ZERO_SHOT_FOLDER as GROUP  # the task folder that stands where test.py writes data<volume>
 from refers.eval.zeroshot import paired_prompt_probability, prompt_set_embedding
 from refers.finetune.data import locate_images, read_targets, resolve_data
-from refers.finetune.testing import BOOTSTRAP_RESAMPLES, check_earlier_results, finite, summary_text, write_roc
+from refers.finetune.testing import BOOTSTRAP_RESAMPLES, TestOutcome, check_earlier_results, finite, summary_text, write_roc
 from refers.text.prompts import default_prompt_file, read_prompts
 
 logger = logging.getLogger(__name__)
@@ -43,13 +43,10 @@ SEED_FOLDER = "seed0"  # nothing is drawn: one run per model, method and prompt 
 
 
 @dataclass
-class ZeroShotOutcome:
-    folder: Path
-    aucs: list[float | None]
-    mean_auc: float
-    ci: tuple[float, float]
-    n_images: int
-    synthetic: bool
+class ZeroShotOutcome(TestOutcome):
+    """test.py's outcome, and whether the data or the model's training data was synthetic."""
+
+    synthetic: bool = False
 
 
 def model_digest(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""PNG figures of a report: ROC curves per class (one line per method) and bar charts of the mean AUC.
+"""PNG figures of a report: ROC curves per class (one line per method), bar charts of the mean AUC, and
+the label-efficiency curve (mean AUC against the label fraction).
 
 matplotlib runs with the Agg backend (no display needed); each PNG is written to a temporary file
 and renamed, so an interrupted run leaves no half-written figure. Figures made from synthetic data
@@ -17,7 +18,7 @@ from sklearn.metrics import roc_curve
 
 from refers.base.atomic import atomic_output
 from refers.eval.report import MethodSummary, Report
-from refers.eval.tree import dataset_key, group_key, group_label, method_key
+from refers.eval.tree import FRACTION_FOLDER, dataset_key, group_key, group_label, method_key
 
 
 def _pyplot():
@@ -138,8 +139,52 @@ def bar_figure(summaries: list[MethodSummary], path: Path) -> Path:
         plt.close(fig)
 
 
+def fraction_of(group: str) -> float | None:
+    """The label percentage of a fraction folder (``data10`` -> 10.0), None for a task folder."""
+    match = FRACTION_FOLDER.match(group)
+    return float(match.group(1)) if match else None
+
+
+def label_efficiency_points(summaries: list[MethodSummary]) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Per method, in display order: (label %, mean over seeds, lowest seed, highest seed) per fraction."""
+    points: dict[str, list[tuple[float, float, float, float]]] = {}
+    for method in sorted({s.method for s in summaries}, key=method_key):
+        rows = []
+        for s in sorted((s for s in summaries if s.method == method), key=lambda s: fraction_of(s.group)):
+            values = np.array([r.mean_auc for r in s.results], dtype=np.float64)
+            rows.append((fraction_of(s.group), float(np.nanmean(values)), float(np.nanmin(values)), float(np.nanmax(values))))
+        points[method] = rows
+    return points
+
+
+def label_efficiency_figure(summaries: list[MethodSummary], path: Path) -> Path:
+    """Mean AUC against the label fraction (log axis) of one dataset: a line per method through its
+    seed-averaged means, the seeds' range (lowest to highest run) as a band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fractions = sorted({fraction_of(s.group) for s in summaries})
+    for method, points in label_efficiency_points(summaries).items():
+        x, mean, low, high = (np.array(column) for column in zip(*points))
+        (line,) = ax.plot(x, 100 * mean, marker="o", label=method)
+        if (high > low).any():
+            ax.fill_between(x, 100 * low, 100 * high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{f:g}%" for f in fractions])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("mean AUC (%)")
+    ax.legend(fontsize=8)
+    _stamp(fig, any(s.synthetic for s in summaries), f"{summaries[0].dataset}: label efficiency")
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def write_figures(report: Report, out: Path, progress=None) -> list[Path]:
-    """``roc_<dataset>_<folder>.png`` per task folder and ``bars_<dataset>.png`` per dataset, under ``out``."""
+    """``roc_<dataset>_<folder>.png`` per task folder, ``bars_<dataset>.png`` per dataset and
+    ``label_efficiency_<dataset>.png`` per dataset with two or more label fractions, under ``out``."""
     by_group: dict[tuple[str, str], list[MethodSummary]] = defaultdict(list)
     by_dataset: dict[str, list[MethodSummary]] = defaultdict(list)
     for s in sorted(report.summaries, key=lambda s: (dataset_key(s.dataset), group_key(s.group), method_key(s.method))):
@@ -147,4 +192,8 @@ def write_figures(report: Report, out: Path, progress=None) -> list[Path]:
         by_dataset[s.dataset].append(s)
     jobs = [(roc_figure, members, out / f"roc_{slug(d)}_{slug(g)}.png") for (d, g), members in by_group.items()]
     jobs += [(bar_figure, members, out / f"bars_{slug(d)}.png") for d, members in by_dataset.items()]
+    for d, members in by_dataset.items():
+        fractions = [s for s in members if fraction_of(s.group) is not None]
+        if len({s.group for s in fractions}) >= 2:
+            jobs.append((label_efficiency_figure, fractions, out / f"label_efficiency_{slug(d)}.png"))
     return [draw(members, path) for draw, members, path in (jobs if progress is None else progress(jobs))]

@@ -70,6 +70,16 @@ class RefersModel(nn.Module):
         self.caption_weight, self.contrast_weight = loss.CAPTION_WEIGHT, loss.CONTRAST_WEIGHT
         self.tau, self.lam, self.gather_negatives = loss.TAU, loss.LAMBDA, loss.GATHER_NEGATIVES
         self.pad_id = data.PAD_INDEX
+        if self.caption_weight <= 0 and self.contrast_weight <= 0:
+            raise ValueError("LOSS.CAPTION_WEIGHT and LOSS.CONTRAST_WEIGHT are both 0: nothing would train the model")
+        # A loss of weight 0 is not computed; its own modules are frozen, so that the optimiser leaves
+        # them alone and DDP does not wait for gradients they never get (ablations: caption_only, contrast_only).
+        if self.caption_weight <= 0:
+            self.fusion.requires_grad_(False)
+            self.decoder.requires_grad_(False)
+        if self.contrast_weight <= 0:
+            self.bert.requires_grad_(False)
+            self.text_projection.requires_grad_(False)
 
     # -- image side ---------------------------------------------------------------------------
 
@@ -92,12 +102,11 @@ class RefersModel(nn.Module):
         """The image side of the report contrast from [B, V, 1 + P, D] tokens: [B, V*D]."""
         return image_contrast_vectors(tokens, self.contrast_pooling)
 
-    def _memory_and_contrast(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused decoder memory [B, V*P, D] and the contrast's image vectors [B, V*D]."""
-        tokens = self.encode_views(images)
+    def _fused_memory(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The decoder's memory [B, V*P, D] from the views' tokens [B, V, 1 + P, D]."""
         patches = tokens[:, :, 1:] + tokens[:, :, :1]  # P_v = patches + g_v (the view's CLS, broadcast)
         memory, _ = self.fusion(patches)
-        return memory, self._contrast_vectors(tokens)
+        return memory
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image vectors for retrieval (those of the contrast), [B, V*D]."""
@@ -115,22 +124,28 @@ class RefersModel(nn.Module):
     # -- training and generation -------------------------------------------------------------
 
     def forward(self, batch: dict) -> dict:
-        """Both losses on a batch of :func:`refers.data.pretrain_dataset.collate_studies`.
+        """The losses on a batch of :func:`refers.data.pretrain_dataset.collate_studies`; a loss of
+        weight 0 is not computed (nor its components).
 
         Returns:
             ``{"loss": weighted sum (with gradient), "components": {"caption", "contrast",
             "contrast_i2t", "contrast_t2i"}}`` (components detached, for logging).
         """
-        memory, image_vec = self._memory_and_contrast(batch["images"])
-        ids = batch["caption_ids"]
-        mask = batch["caption_mask"].bool()
-        logits = self.decoder(memory, ids[:, :-1], mask[:, :-1])
-        targets = ids[:, 1:].masked_fill(~mask[:, 1:], self.pad_id)
-        caption = caption_loss(logits, targets, self.pad_id)
-        text_vec = self._report_vectors(batch["bert_input_ids"], batch["bert_attention_mask"])
-        contrast, i2t, t2i = convirt_loss(image_vec, text_vec, self.tau, self.lam, self.gather_negatives)
-        loss = self.caption_weight * caption + self.contrast_weight * contrast
-        components = {"caption": caption, "contrast": contrast, "contrast_i2t": i2t, "contrast_t2i": t2i}
+        tokens = self.encode_views(batch["images"])
+        loss: torch.Tensor | int = 0
+        components: dict[str, torch.Tensor] = {}
+        if self.caption_weight > 0:
+            ids = batch["caption_ids"]
+            mask = batch["caption_mask"].bool()
+            logits = self.decoder(self._fused_memory(tokens), ids[:, :-1], mask[:, :-1])
+            targets = ids[:, 1:].masked_fill(~mask[:, 1:], self.pad_id)
+            components["caption"] = caption_loss(logits, targets, self.pad_id)
+            loss = loss + self.caption_weight * components["caption"]
+        if self.contrast_weight > 0:
+            text_vec = self._report_vectors(batch["bert_input_ids"], batch["bert_attention_mask"])
+            contrast, i2t, t2i = convirt_loss(self._contrast_vectors(tokens), text_vec, self.tau, self.lam, self.gather_negatives)
+            components.update(contrast=contrast, contrast_i2t=i2t, contrast_t2i=t2i)
+            loss = loss + self.contrast_weight * contrast
         return {"loss": loss, "components": {k: v.detach() for k, v in components.items()}}
 
     @torch.no_grad()
@@ -140,7 +155,7 @@ class RefersModel(nn.Module):
         Returns:
             B lists of decoder token ids without [SOS]/[EOS] (``ReportTokenizer.decode`` them).
         """
-        memory, _ = self._memory_and_contrast(images)
+        memory = self._fused_memory(self.encode_views(images))
         return self.decoder.generate(memory, max_length=max_length, beam_size=beam_size)
 
 

@@ -73,6 +73,13 @@ def test_finetuning_predictions_and_summary(demo_out):
     summary = json.loads((demo_out / "summary.json").read_text())
     assert summary["synthetic"] is True and summary["seconds"] > 0
     assert 0.0 <= summary["retrieval_recall_at_5"] <= 1.0
+    # zero-shot on the NIH-format test set, from the prediction files refers zeroshot wrote (the results tree's zero-shot row)
+    zeroshot = summary["zeroshot_auc"]["NIH_ChestX-ray"]
+    folder = demo_out / "Results_of_fine-tuning" / "NIH_ChestX-ray" / "zeroshot" / "REFERS" / "seed0"
+    assert zeroshot["mean_auc"] == pytest.approx(mean_auc_from_files(folder), abs=1e-6)
+    assert zeroshot["ci95"][0] <= zeroshot["mean_auc"] <= zeroshot["ci95"][1]
+    test = summary["test_retrieval"]
+    assert "skipped" in test or (0 <= test["image_to_report_R@5"] <= 1 and test["chance_R@5"] == pytest.approx(min(1, 5 / test["studies"])))
     assert set(summary["auc"]) == {"NIH_ChestX-ray", "Shenzhen_Tuberculosis"}
     assert set(summary["auc"]["NIH_ChestX-ray"]) == {"10"}
     results = demo_out / "Results_of_fine-tuning"
@@ -100,10 +107,12 @@ def test_results_and_command_log(demo_out):
     with (demo_out / "results" / "mean_auc.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {r["method"] for r in rows} == {"REFERS", "scratch"}
+    assert {r["task"] for r in rows if r["method"] == "REFERS"} >= {"zeroshot", "data10"}
     assert list((demo_out / "results" / "figures").glob("roc_*.png"))
     commands = (demo_out / "commands.sh").read_text()
     for needle in ("refers synth", "refers prepare mimic", "refers prepare fractions", "refers tokenizer train",
-                   "Pre-train/pretrain_refers.py", "refers export", "refers sweep", "refers results", "refers generate"):
+                   "Pre-train/pretrain_refers.py", "refers export", "refers sweep", "refers results", "refers generate",
+                   "--dual-encoder", "refers zeroshot"):
         assert needle in commands, needle
     assert subprocess.run(["sh", "-n", str(demo_out / "commands.sh")]).returncode == 0
     sweep_log = (demo_out / "finetune" / "commands.log").read_text()

@@ -200,6 +200,37 @@ def test_torchrun_two_processes(studies, tmp_path):
     assert (run / "refers_checkpoint.pth").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("weight, frozen, absent", [("LOSS.CAPTION_WEIGHT", ("decoder.", "fusion."), "caption "),
+                                                    ("LOSS.CONTRAST_WEIGHT", ("bert.", "text_projection."), "contrast ")])
+def test_a_loss_of_weight_zero_is_not_computed_and_trains_under_two_processes(studies, tmp_path, weight, frozen, absent):
+    """The ablations caption_only / contrast_only under torchrun (gloo): DDP does not wait for the
+    frozen branch, both ranks end equal, the branch's weights never move and its loss is not logged."""
+    run = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               __file__, "worker", str(studies), str(run), weight, "0"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0, rank1 = (torch.load(run / f"weights_rank{r}.pth", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    initial = torch.load(run / "checkpoint_2.pth", weights_only=True)["model"]
+    moved = {k for k in rank0 if not torch.equal(initial[k], rank0[k])}
+    assert moved and not any(k.startswith(frozen) for k in moved)
+    assert any(k.startswith("image_encoder.") for k in moved)
+    train_lines = [line for line in (run / "log.txt").read_text().splitlines() if " iter " in line and "val iter" not in line]
+    assert train_lines and all(f" {absent}" not in line for line in train_lines)
+
+
+def test_both_loss_weights_zero_is_refused():
+    from refers.config import load_config
+    from refers.models.refers_model import RefersModel
+
+    cfg = load_config(TINY, ["LOSS.CAPTION_WEIGHT", "0", "LOSS.CONTRAST_WEIGHT", "0"])
+    with pytest.raises(ValueError, match="both 0"):
+        RefersModel(cfg)
+
+
 def _gather_check(rank: int, world: int) -> dict[str, float]:
     """ConVIRT with negatives gathered from 2 processes (batch 2 each) vs one process (batch 4)."""
     import torch.distributed as dist
@@ -220,7 +251,7 @@ def _gather_check(rank: int, world: int) -> dict[str, float]:
     return {"loss_gap": abs(loss.item() / world - full_loss.item()), "grad_gap": (grad / world - full_grad).abs().max().item()}
 
 
-def _worker(studies: Path, run: Path) -> None:
+def _worker(studies: Path, run: Path, extra: list[str]) -> None:
     import torch.distributed as dist
 
     from refers.cli.pretrain import main
@@ -241,11 +272,11 @@ def _worker(studies: Path, run: Path) -> None:
         return code
 
     pretrain_loop.PretrainRun.run = run_and_dump
-    code = main(pretrain_args(studies, run, "--config-override", "LOSS.GATHER_NEGATIVES", "true"))
+    code = main(pretrain_args(studies, run, "--config-override", "LOSS.GATHER_NEGATIVES", "true", *extra))
     if dist.is_initialized():
         dist.destroy_process_group()
     os._exit(code)
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "worker":
-    _worker(Path(sys.argv[2]), Path(sys.argv[3]))
+if __name__ == "__main__" and len(sys.argv) >= 4 and sys.argv[1] == "worker":
+    _worker(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])  # extra overrides: KEY VALUE ...

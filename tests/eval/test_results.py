@@ -285,3 +285,31 @@ def test_degenerate_bootstrap_interval_leaves_out_the_bar_and_finishes(tmp_path,
     mean, low, high = float(row["mean_auc"]), float(row["ci_low"]), float(row["ci_high"])
     assert low == high and not low <= mean <= high  # the degenerate case itself, as the tables report it
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["bars_VinBigData_Chest_X-ray.png", "roc_VinBigData_Chest_X-ray_data100.png"]
+
+
+def test_label_efficiency_curve_points_and_figure(tmp_path, capsys):
+    """One line per method through the seed means at each fraction, the seeds' range as the band; the
+    figure is written for a dataset with two or more fractions only."""
+    from refers.eval.figures import label_efficiency_points
+    from refers.eval.report import build_report
+
+    root = tmp_path / "tree"
+    written = make_tree(root, groups=("data1", "data10", "data100"))
+    (root / "Shenzhen_Tuberculosis" / "data100" / "REFERS" / "seed0").mkdir(parents=True)
+    write_prediction_files(root / "Shenzhen_Tuberculosis" / "data100" / "REFERS" / "seed0", ["Tuberculosis"],
+                           np.array([[0.0], [1.0], [1.0], [0.0]]), np.array([[0.2], [0.7], [0.4], [0.5]]))
+    report = build_report(discover(root), bootstrap=0)
+    vinbig = [s for s in report.summaries if s.dataset == "VinBigData_Chest_X-ray"]
+    points = label_efficiency_points(vinbig)
+    assert list(points) == ["ImageNet", "REFERS"]
+    for method, rows in points.items():
+        assert [r[0] for r in rows] == [1.0, 10.0, 100.0]
+        for fraction, mean, low, high in rows:
+            per_seed = [np.mean([mw_auc(labels[:, c], probs[:, c]) for c in range(labels.shape[1])])
+                        for (group, m, _), (labels, probs) in written.items() if m == method and group == f"data{fraction:g}"]
+            assert mean == pytest.approx(np.mean(per_seed)) and low == pytest.approx(min(per_seed)) and high == pytest.approx(max(per_seed))
+    out = tmp_path / "out"
+    assert main([str(root), "--out", str(out), "--bootstrap", "0"]) == 0
+    figure = out / "figures" / "label_efficiency_VinBigData_Chest_X-ray.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "figures" / "label_efficiency_Shenzhen_Tuberculosis.png").exists()
