@@ -8,8 +8,8 @@ commands are appended to ``<out>/commands.sh`` (runnable from the project root) 
 2. ``refers prepare``: MIMIC pre-training lists, the four downstream datasets, 1%/10% fractions;
 3. ``refers tokenizer train`` and ``Pre-train/pretrain_refers.py`` (the demo preset);
 4. ``refers export``: the image encoder for fine-tuning;
-5. ``refers sweep``: fine-tuning from the export and from scratch (and, with ``--full``, from a
-   control pre-trained on shuffled image-report pairs), each arm's candidate (learning rate, linear
+5. ``refers sweep``: fine-tuning from the export and from scratch (and, with ``--full``, from the
+   ablation's pre-training arms: caption_only, contrast_only, shuffled, two_view), each arm's candidate (learning rate, linear
    probe or full fine-tuning) chosen on validation, then ``test.py``;
 6. ``refers export --dual-encoder``, ``refers zeroshot`` on the NIH-format test set (no labels used)
    and ``refers retrieval`` on the MIMIC-style test studies, into the results tree;
@@ -38,13 +38,21 @@ from typing import Any, Sequence
 import yaml
 
 from refers.base.atomic import atomic_write_text
-from refers.config.engine import ConfigError, check_keys, dataclass_specs, read_yaml
+from refers.config.engine import ConfigError, check_keys, dataclass_specs, read_yaml, unknown_key
 from refers.data.registry import FINETUNE_DATASETS, get_dataset
 from refers.base.paths import project_root
 
 MARKER = "DEMO.txt"  # marks a folder as demo output, which a new run may delete
 STAGES = 9
+# The ablation's pre-training arms: what each changes in the demo preset (README, "What the demo shows").
+ABLATION_ARMS: dict[str, dict[str, Any]] = {
+    "caption_only": {"LOSS.CONTRAST_WEIGHT": 0.0},  # report generation alone
+    "contrast_only": {"LOSS.CAPTION_WEIGHT": 0.0},  # report contrast alone
+    "shuffled": {"DATA.SHUFFLE_REPORTS": True},  # both losses on shuffled image-report pairs: the control
+    "two_view": {"DATA.NUM_VIEWS": 2},  # frontal + lateral through the view fusion
+}
 ZERO_SHOT_DATASET = "NIH_ChestX-ray"
+ABLATION_DATASET = "NIH_ChestX-ray"  # the ablation's arms are fine-tuned on this set only
 
 
 class DemoError(RuntimeError):
@@ -63,7 +71,8 @@ class Profile:
         pretrain_overrides: ``KEY: value`` pairs passed as ``--config-override``.
         sweep: the fine-tuning grid (a sweep file with ``${OUT}`` placeholders).
         percents, seeds: label fractions and data seeds ``refers prepare fractions`` writes.
-        shuffled: also pre-train the shuffled-report control arm.
+        ablation: pre-training arms besides REFERS (:data:`ABLATION_ARMS`), fine-tuned and tested as
+            the others on the NIH-format set.
         validations: pre-training validations (checkpoints) over the run.
         cpu_workers: data-loading processes of pre-training (0: load in the training process, the
             fastest on 2 cores, where a loader process takes a core from the matrix products).
@@ -79,7 +88,7 @@ class Profile:
     sweep: str = "configs/sweep/demo.yaml"
     percents: list[int] = field(default_factory=lambda: [1, 10], metadata={"spec": {"low": 1, "high": 100, "open_high": True}})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"spec": {"low": 0}})
-    shuffled: bool = False
+    ablation: list[str] = field(default_factory=list)
     downstream_studies: int = field(default=2000, metadata={"spec": {"low": 1}})
     validations: int = field(default=2, metadata={"spec": {"low": 1}})
     cpu_workers: int = field(default=0, metadata={"spec": {"low": 0}})
@@ -108,6 +117,9 @@ def load_profile(name: str, studies: int | None = None) -> Profile:
     if studies is not None:
         values["studies"] = specs["studies"].check("--studies", studies)
     profile = Profile(name=name, **values)
+    for arm in profile.ablation:
+        if arm not in ABLATION_ARMS:
+            raise unknown_key(f"{path}: ablation", arm, ABLATION_ARMS, noun="arm")
     overrides = [str(item) for pair in profile.pretrain_overrides.items() for item in pair]
     try:
         load_config(root / profile.pretrain_config, overrides)
@@ -223,7 +235,7 @@ class Demo:
             self.refers("prepare", "fractions", "--dataset", alias, "--lists", self.lists(name), "--percent", *percents,
                         "--seeds", *seeds, log=f"fractions-{alias}")
 
-    def pretrain_overrides(self, shuffled: bool = False) -> list[str]:
+    def pretrain_overrides(self, arm: str = "REFERS") -> list[str]:
         mimic = self.lists("MIMIC-CXR")
         values = {
             "DATA.TRAIN_LIST": mimic / "train_studies.jsonl",
@@ -231,16 +243,16 @@ class Demo:
             "DATA.TOKENIZER_MODEL": self.path("tokenizer", "reports_bpe.model"),
             "DATA.BERT_TOKENIZER_DIR": self.path("tokenizer", "wordpiece"),
             **self.profile.pretrain_overrides,
-            **({"DATA.SHUFFLE_REPORTS": True} if shuffled else {}),
+            **ABLATION_ARMS.get(arm, {}),
         }
         return [str(item) for pair in values.items() for item in pair]
 
     def pretrained_arms(self) -> list[str]:
-        return ["REFERS"] + (["shuffled"] if self.profile.shuffled else [])
+        return ["REFERS", *self.profile.ablation]
 
     def pretrain(self) -> None:
         self.stage("report tokenizers and REFERS pre-training (demo preset on the tiny CPU model)"
-                   + (", then the shuffled-report control" if self.profile.shuffled else ""))
+                   + (f", then the ablation arms {', '.join(self.profile.ablation)}" if self.profile.ablation else ""))
         from refers.config import load_config
 
         config = self.root / self.profile.pretrain_config
@@ -251,7 +263,7 @@ class Demo:
         every = str(max(1, cfg.OPTIM.NUM_ITERATIONS // self.profile.validations))
         for arm in self.pretrained_arms():
             self.run([self.python, "Pre-train/pretrain_refers.py", "--config", config,
-                      "--config-override", *self.pretrain_overrides(arm == "shuffled"),
+                      "--config-override", *self.pretrain_overrides(arm),
                       "--serialization-dir", self.path("pretrain", arm), "--num-gpus-per-machine", "0",
                       "--cpu-workers", str(self.profile.cpu_workers), "--checkpoint-every", every, "--no-export"],
                      log=f"pretrain-{arm}")
@@ -339,12 +351,14 @@ class Demo:
 
     def summary(self, seconds: float, check: dict[str, Any], crossmodal: dict[str, Any]) -> dict[str, Any]:
         """``summary.json``: AUCs (means over seeds) from ``refers results``' table, recall, zero-shot, time."""
+        auc = auc_table(self.path("results", "mean_auc.csv"))
         summary = {"synthetic": True, "seconds": round(seconds, 1),
                    "retrieval_recall_at_5": check["retrieval_recall_at_5"],
-                   "auc": auc_table(self.path("results", "mean_auc.csv")),
+                   "auc": auc,
                    "retrieval_chance_at_5": check["retrieval_chance_at_5"],
                    **crossmodal,
                    "stage_seconds": {k: round(v, 1) for k, v in self.timings.items()},
+                   **({"ablation": ablation_table(auc, self.pretrained_arms())} if self.profile.ablation else {}),
                    "profile": self.profile.name}
         atomic_write_text(self.path("summary.json"), json.dumps(summary, indent=2) + "\n")
         return summary
@@ -368,6 +382,17 @@ def auc_table(csv_path: Path) -> dict[str, dict[str, dict[str, float]]]:
     return table
 
 
+def ablation_table(auc: dict[str, dict[str, dict[str, float]]], arms: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{percent: {arm: mean AUC, "<arm> - scratch": difference}}`` on the ablation's dataset (NIH-format)."""
+    table: dict[str, dict[str, float]] = {}
+    for percent, cells in auc.get(ABLATION_DATASET, {}).items():
+        row = {arm: cells[arm] for arm in (*arms, "scratch") if arm in cells}
+        if "scratch" in row:
+            row.update({f"{arm} - scratch": round(row[arm] - row["scratch"], 4) for arm in arms if arm in row})
+        table[percent] = row
+    return table
+
+
 def retrieval_recall_at_5(run_dir: Path) -> float | None:
     """Image-to-report recall@5 of the last validation logged by a pre-training run (None if none)."""
     import re
@@ -380,7 +405,7 @@ def retrieval_recall_at_5(run_dir: Path) -> float | None:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The demo's closing table: mean test AUC per dataset and label fraction, one column per arm."""
-    arms = [a for a in ("REFERS", "shuffled", "scratch")
+    arms = [a for a in ("REFERS", *ABLATION_ARMS, "scratch")
             if any(a in cell for fractions in summary["auc"].values() for cell in fractions.values())]
     header = ["dataset", "labels", *arms, "REFERS - scratch"]
     rows = []

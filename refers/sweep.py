@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from refers.base.paths import project_root
-from refers.config.engine import ConfigError, Spec, check_keys, mapping, read_yaml
+from refers.config.engine import ConfigError, Spec, check_keys, mapping, read_yaml, unknown_key
 from refers.data.registry import get_dataset
 from refers.finetune.config import DATA_VOLUMES, check_flag_values, parse_args
 from refers.slurm.resources import SlurmResources
@@ -42,7 +42,7 @@ from refers.slurm.resources import SlurmResources
 TOP_KEYS = {"name", "workdir", "output_dir", "results_dir", "entry", "launcher", "execution", "seeds",
             "train", "test", "search", "arms", "datasets", "slurm"}
 LEVEL_KEYS = {"train", "test", "search", "seeds"}
-DATASET_KEYS = LEVEL_KEYS | {"fractions", "by_fraction"}
+DATASET_KEYS = LEVEL_KEYS | {"fractions", "by_fraction", "arms"}  # arms: which of the file's arms run on it
 FULL_DATA = 100  # the fraction that is the whole training list: one run (seed 0), no data seed
 TOP_SPECS = {"name": Spec(str), "workdir": Spec(str), "output_dir": Spec(str), "results_dir": Spec(str),
              "entry": Spec(str, choices=("script", "module")), "execution": Spec(str, choices=("subprocess", "in-process"))}
@@ -212,9 +212,13 @@ def check_sweep(raw: Mapping[str, Any], where: str) -> None:
     _check_level(raw, where, "")
     for arm, section in _mapping(raw.get("arms"), f"{where}: arms").items():
         _check_level(section, where, f"arms.{arm}", LEVEL_KEYS)
+    declared = list(_mapping(raw.get("arms"), f"{where}: arms")) or ["REFERS"]
     for name, section in _mapping(raw.get("datasets"), f"{where}: datasets").items():
         at = f"datasets.{name}"
         section = _check_level(section, where, at, DATASET_KEYS)
+        for arm in Spec(list, item=str).check(f"{at}.arms", section.get("arms", declared), where):
+            if arm not in declared:
+                raise unknown_key(f"{where}: {at}.arms", arm, declared, noun="arm")
         for percent in Spec(list).check(f"{at}.fractions", section.get("fractions", [FULL_DATA]), where):
             FRACTION.check(f"{at}.fractions", percent, where)
         for percent, level in _mapping(section.get("by_fraction"), f"{where}: {at}.by_fraction").items():
@@ -389,7 +393,7 @@ def groups(config: SweepConfig) -> list[tuple[str, int, str]]:
         if spec.name != name:  # keep one spelling, so that the sections are found again
             raise SweepConfigError(f"{config.source}: datasets: write {name!r} as {spec.name!r}")
         for percent in section.get("fractions", [FULL_DATA]):
-            out.extend((spec.name, int(percent), arm) for arm in arms)
+            out.extend((spec.name, int(percent), arm) for arm in arms if arm in section.get("arms", arms))
     return out
 
 

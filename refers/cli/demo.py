@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="demo_output", help="output folder (emptied first if it holds an earlier demo)")
     p.add_argument("--full", action="store_true",
-                   help="add a control arm pre-trained the same way on shuffled image-report pairs (about twice as long)")
+                   help="add the ablation: pre-training arms caption_only, contrast_only, shuffled (image-report pairs "
+                        "shuffled) and two_view, fine-tuned on the NIH-format set (several times as long)")
     p.add_argument("--quick", action="store_true", help="a reduced pipeline in about a minute (for tests; numbers meaningless)")
     p.add_argument("--studies", type=int, default=None, help="pre-training studies to synthesise (default: from the profile)")
     p.add_argument("--quiet", action="store_true", help="do not stream the stages' own output (it still goes to <out>/logs)")

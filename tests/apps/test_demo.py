@@ -139,3 +139,31 @@ def test_output_folder_rules(tmp_path, capsys):
 
     assert main(["--quick", "--full"]) == 2
     assert main(["--studies", "3"]) == 2
+
+
+def test_the_full_profile_names_the_ablation_arms_and_its_table_is_read_from_the_auc_table(tmp_path):
+    from refers.config.engine import ConfigError
+    from refers.demo import ABLATION_ARMS, ablation_table
+
+    profile = load_profile("full")
+    assert profile.ablation == ["caption_only", "contrast_only", "shuffled", "two_view"] and set(profile.ablation) == set(ABLATION_ARMS)
+    demo = Demo(tmp_path / "out", profile)
+    overrides = dict(zip(*[iter(demo.pretrain_overrides("contrast_only"))] * 2))
+    assert overrides["LOSS.CAPTION_WEIGHT"] == "0.0" and "LOSS.CONTRAST_WEIGHT" not in overrides
+    auc = {"NIH_ChestX-ray": {"1": {"REFERS": 0.62, "caption_only": 0.55, "scratch": 0.52}},
+           "Shenzhen_Tuberculosis": {"100": {"REFERS": 0.9, "scratch": 0.8}}}
+    table = ablation_table(auc, ["REFERS", "caption_only", "two_view"])
+    assert table == {"1": {"REFERS": 0.62, "caption_only": 0.55, "scratch": 0.52, "REFERS - scratch": 0.1,
+                           "caption_only - scratch": 0.03}}
+    import refers.demo as demo_module
+
+    bad = tmp_path / "configs" / "demo"
+    bad.mkdir(parents=True)
+    (bad / "bad.yaml").write_text("ablation: [captions_only]\n")
+    original = demo_module.project_root
+    demo_module.project_root = lambda: tmp_path
+    try:
+        with pytest.raises(ConfigError, match="did you mean 'caption_only'"):
+            load_profile("bad")
+    finally:
+        demo_module.project_root = original

@@ -16,7 +16,7 @@ import yaml
 
 from refers import sweep_runner
 from refers.cli.sweep import main
-from refers.sweep import candidates, flags, load_config, plan_training
+from refers.sweep import SweepConfigError, candidates, flags, load_config, plan_training
 from refers.sweep_runner import best_validation_auc, checkpoint_path, select, result_summary_path
 from refers.finetune.train import CSV_FIELDS  # the header the real trainer writes
 
@@ -131,6 +131,16 @@ def test_base_file_is_merged(tmp_path):
     runs = plan_training(load_config(child))
     assert {r.arm for r in runs} == {"REFERS", "scratch", "shuffled"}
     assert {option(r.args, "model_type") for r in runs} == {"ViT-nano_8"}
+
+
+def test_a_dataset_may_run_a_subset_of_the_arms(tmp_path):
+    grid = {**GRID, "datasets": {**GRID["datasets"], "Shenzhen_Tuberculosis": {"arms": ["scratch"]}}}
+    runs = plan_training(load_config(write_grid(tmp_path, grid)))
+    assert {r.arm for r in runs if r.dataset == "Shenzhen_Tuberculosis"} == {"scratch"}
+    assert {r.arm for r in runs if r.dataset == "NIH_ChestX-ray"} == {"REFERS", "scratch"}
+    wrong = {**GRID, "datasets": {"Shenzhen_Tuberculosis": {"arms": ["scrach"]}}}
+    with pytest.raises(SweepConfigError, match="unknown arm 'scrach' \\(did you mean 'scratch'"):
+        load_config(write_grid(tmp_path, wrong))
 
 
 # --- running, with a fake train.py / test.py -----------------------------------------------------
