@@ -188,7 +188,7 @@ def retrieval_markdown(result: dict[str, Any]) -> str:
     if result["synthetic"]:
         lines += ["**SYNTHETIC DATA: these numbers come from synthetic images and reports, not from real radiographs.**", ""]
     lines += [f"Retrieval of `{result['studies']['path']}` with `{result['model']['path']}` ({result['method']}).", ""]
-    for title, key in (("All studies", "all_studies"), ("CheXpert 5x200 (same class = hit)", "chexpert_5x200")):
+    for title, key in (("All studies", "all_studies"), ("CheXpert 5x200 (\"same findings\" = the same class)", "chexpert_5x200")):
         part = result.get(key) or {}
         if "skipped" in part:
             lines += [f"### {title}", "", f"Not computed: {part['skipped']}.", ""]
