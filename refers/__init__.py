@@ -22,7 +22,7 @@ __all__ = ["__version__", "load_dual_encoder"]
 
 def load_dual_encoder(path: Any, device: Any = None, precision: str = "auto") -> Any:
     """Load an exported dual-encoder folder (or a pre-training checkpoint); see
-    :func:`refers.models.dual_encoder_folder.load_dual_encoder`."""
-    from refers.models.dual_encoder_folder import load_dual_encoder as load
+    :func:`refers.engine.dual_encoder_folder.load_dual_encoder`."""
+    from refers.engine.dual_encoder_folder import load_dual_encoder as load
 
     return load(path, device=device, precision=precision)

@@ -102,7 +102,7 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
             model in ``out`` (without ``overwrite``).
     """
     from refers.crossmodal.zeroshot import model_digest
-    from refers.models.dual_encoder_folder import load_dual_encoder
+    from refers.engine.dual_encoder_folder import load_dual_encoder
 
     model_path, index = Path(model), Path(studies)
     if not model_path.exists():

@@ -52,7 +52,7 @@ class ZeroShotOutcome(TestOutcome):
 def model_digest(path: Path) -> str:
     """What identifies a model in the run record: a folder's config checksum, a checkpoint's sha256."""
     if path.is_dir():
-        from refers.models.dual_encoder_folder import read_config
+        from refers.engine.dual_encoder_folder import read_config
 
         return read_config(path)["config_sha256"]
     return sha256_file(path)
@@ -67,7 +67,7 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
         UserError: a missing model, list or image, a bad prompt file, earlier results of another
             model or prompt file in the output folder (without ``overwrite``).
     """
-    from refers.models.dual_encoder_folder import load_dual_encoder
+    from refers.engine.dual_encoder_folder import load_dual_encoder
 
     model_path = Path(model)
     if not model_path.exists():

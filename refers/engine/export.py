@@ -116,14 +116,14 @@ def model_card(provenance: dict[str, Any]) -> str:
 
 def export_dual_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write a pre-training checkpoint's dual encoder (both encoders, projection, tokenizer) to the
-    folder ``out`` (:mod:`refers.models.dual_encoder_folder`), with its model card."""
+    folder ``out`` (:mod:`refers.engine.dual_encoder_folder`), with its model card."""
     from refers.base.synthetic import is_synthetic
     from refers.engine.run_info import git_commit
     from refers.models.dual_encoder import dual_encoder_from_checkpoint
-    from refers.models.dual_encoder_folder import save_dual_encoder
+    from refers.engine.dual_encoder_folder import save_dual_encoder
 
     checkpoint = Path(checkpoint)
-    encoder = dual_encoder_from_checkpoint(checkpoint, precision="fp32")
+    encoder = dual_encoder_from_checkpoint(checkpoint)
     cfg = encoder.pretrain_config  # type: ignore[attr-defined]
     info = json.loads(_run_file(checkpoint.parent, "run_info.json") or "{}")
     spec = encoder.spec

@@ -11,7 +11,7 @@ image is repeated across all views. Images are read and resized as pre-training'
 them (grey, resized to ``image_size`` x ``image_size``, ImageNet normalisation).
 
 Build one from a pre-training checkpoint (:func:`dual_encoder_from_checkpoint`) or load an exported
-folder (:func:`refers.models.dual_encoder_folder.load_dual_encoder`).
+folder (:func:`refers.engine.dual_encoder_folder.load_dual_encoder`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,6 @@ from torch import nn
 
 from refers.models.contrast import image_contrast_vectors, report_contrast_vectors
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ImageInput = torch.Tensor | str | os.PathLike | Sequence[str | os.PathLike]
 
 
@@ -84,20 +83,21 @@ class DualEncoder(nn.Module):
         bert: a transformers ``BertModel``.
         text_projection: ``Linear(bert hidden, embedding_dim)``.
         tokenizer: the report encoder's transformers tokenizer.
-        precision: ``auto`` (bfloat16 on a GPU that has it, else float32), ``fp32``, ``bf16``, ``fp16``.
+
+    Attributes:
+        autocast: a callable giving the context the forward passes run in (float32 by default; the
+            loader sets the precision asked for, :func:`refers.engine.dual_encoder_folder.load_dual_encoder`).
     """
 
     def __init__(self, spec: DualEncoderSpec, image_encoder: nn.Module, bert: nn.Module, text_projection: nn.Module,
-                 tokenizer: Any, precision: str = "auto"):
+                 tokenizer: Any):
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.spec = spec
         self.image_encoder = image_encoder
         self.bert = bert
         self.text_projection = text_projection
         self.tokenizer = tokenizer
-        self.precision = precision
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         self._transform = None
         self.eval()
 
@@ -108,15 +108,6 @@ class DualEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        device = self.device
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        if self.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-            dtype = torch.bfloat16
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
 
     # -- images -----------------------------------------------------------------------------------
 
@@ -187,7 +178,7 @@ class DualEncoder(nn.Module):
         for start in _progress(range(0, images.shape[0], batch_size), progress, "images", batch_size, images.shape[0]):
             batch = to_model_input(images[start:start + batch_size], self.device)
             n, v = batch.shape[:2]
-            with self._autocast():
+            with self.autocast():
                 tokens = vit_tokens(self.image_encoder, batch.flatten(0, 1))
                 vectors = image_contrast_vectors(tokens.reshape(n, v, *tokens.shape[1:]), self.spec.visual_pooling)
             out.append(F.normalize(vectors.float(), dim=-1).cpu())
@@ -206,7 +197,7 @@ class DualEncoder(nn.Module):
             tokens = self.tokenizer(reports[start:start + batch_size], max_length=self.spec.report_max_length,
                                     truncation=True, padding=True, return_tensors="pt")
             ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
-            with self._autocast():
+            with self.autocast():
                 vectors = report_contrast_vectors(self.bert, self.text_projection, ids, mask, self.spec.report_pooling)
             out.append(F.normalize(vectors.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.spec.embedding_dim)
@@ -230,7 +221,7 @@ def _progress(steps: range, show: bool, unit: str, per_step: int, total: int):
 MODULE_PREFIXES = ("image_encoder.", "bert.", "text_projection.")
 
 
-def build_dual_encoder(spec: DualEncoderSpec, tokenizer: Any, precision: str = "auto") -> DualEncoder:
+def build_dual_encoder(spec: DualEncoderSpec, tokenizer: Any) -> DualEncoder:
     """A dual encoder with freshly initialised weights of ``spec``'s shapes (load a state dict next)."""
     from transformers import BertConfig, BertModel
 
@@ -240,7 +231,7 @@ def build_dual_encoder(spec: DualEncoderSpec, tokenizer: Any, precision: str = "
     config = BertConfig.from_dict(spec.bert_config)
     bert = BertModel(config, add_pooling_layer=spec.report_pooling == "pooler")
     projection = nn.Linear(config.hidden_size, spec.embedding_dim)
-    return DualEncoder(spec, image_encoder, bert, projection, tokenizer, precision)
+    return DualEncoder(spec, image_encoder, bert, projection, tokenizer)
 
 
 def dual_encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -248,8 +239,7 @@ def dual_encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.
     return {k: v for k, v in model_state.items() if k.startswith(MODULE_PREFIXES) and not k.startswith("image_encoder.head.")}
 
 
-def dual_encoder_from_checkpoint(path: str | os.PathLike, precision: str = "auto",
-                                 device: torch.device | str | None = None) -> DualEncoder:
+def dual_encoder_from_checkpoint(path: str | os.PathLike) -> DualEncoder:
     """The dual encoder of a pre-training ``checkpoint_{iteration}.pth`` (its tokenizer read from the
     folder its configuration names: ``DATA.BERT_TOKENIZER_DIR`` or ``MODEL.TEXTUAL.BERT_DIR``).
 
@@ -272,11 +262,11 @@ def dual_encoder_from_checkpoint(path: str | os.PathLike, precision: str = "auto
     state = dual_encoder_state(raw["model"])
     width = state["image_encoder.cls_token"].shape[-1]
     bert_config = bert_config_of(cfg).to_dict()
-    encoder = build_dual_encoder(spec_from_config(cfg, bert_config, width), load_bert_tokenizer(cfg), precision)
+    encoder = build_dual_encoder(spec_from_config(cfg, bert_config, width), load_bert_tokenizer(cfg))
     encoder.load_state_dict(state)
     encoder.iteration = raw.get("iteration")  # type: ignore[attr-defined]
     encoder.pretrain_config = saved  # type: ignore[attr-defined]
     encoder.provenance = {"synthetic_data": is_synthetic(Path(path).parent)}  # type: ignore[attr-defined]
-    return encoder.to(device) if device is not None else encoder
+    return encoder
 
 

@@ -96,7 +96,7 @@ def test_loading_needs_no_network(exported, monkeypatch):
 @pytest.mark.parametrize("damage", ["missing_weights", "altered_weights", "altered_config", "extra_tokenizer_file",
                                     "missing_config", "tokenizer_altered"])
 def test_a_damaged_folder_is_refused_in_one_line(exported, tmp_path, damage, capsys):
-    from refers.models.dual_encoder_folder import DualEncoderFolderError
+    from refers.engine.dual_encoder_folder import DualEncoderFolderError
 
     folder = Path(shutil.copytree(exported, tmp_path / "copy"))
     expected = {

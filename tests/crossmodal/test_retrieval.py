@@ -72,7 +72,7 @@ def test_5x200_sampler_is_reproducible_and_keeps_single_finding_studies():
 
 def test_refers_retrieval_end_to_end(pretrain_run, prepared_lists, tmp_path, capsys):
     from refers.crossmodal.retrieval import finding_sets, label_matrix, read_studies
-    from refers.models.dual_encoder_folder import load_dual_encoder
+    from refers.engine.dual_encoder_folder import load_dual_encoder
 
     index = prepared_lists / "MIMIC-CXR" / "train_studies.jsonl"  # the test split of the tiny set has 1 study
     checkpoint = pretrain_run / "checkpoint_4.pth"

@@ -68,7 +68,7 @@ def _test_list(list_dir: Path) -> tuple[list[str], np.ndarray]:
 
 def test_zeroshot_writes_test_py_files_that_results_tables(pretrain_run, finetune_datasets, tmp_path, capsys):
     from refers.data.registry import safe_class_filename
-    from refers.models.dual_encoder_folder import load_dual_encoder
+    from refers.engine.dual_encoder_folder import load_dual_encoder
 
     list_dir, data_root = finetune_datasets["NIH_ChestX-ray"]
     results = tmp_path / "Results_of_fine-tuning"

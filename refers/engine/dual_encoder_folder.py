@@ -37,6 +37,7 @@ REPORT_WEIGHTS = "report_encoder.safetensors"
 TOKENIZER = "tokenizer"
 MODEL_CARD = "MODEL_CARD.md"
 REPORT_PREFIXES = ("bert.", "text_projection.")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class DualEncoderFolderError(UserError):
@@ -136,7 +137,8 @@ def load_dual_encoder(path: str | os.PathLike, device: torch.device | str | None
     Args:
         path: a folder of ``refers export --dual-encoder``, or a pre-training ``checkpoint_<n>.pth``.
         device: where to run (default: the GPU when there is one, else the CPU).
-        precision: ``auto`` (bfloat16 on a GPU that supports it, else float32), ``fp32``, ``bf16``, ``fp16``.
+        precision: ``auto`` (bfloat16 on a GPU that supports it, else float32), ``fp32``, ``bf16``, ``fp16``
+            (on a GPU; a CPU runs float32).
 
     Returns:
         A :class:`~refers.models.dual_encoder.DualEncoder` in eval mode; ``encode_images(paths or
@@ -150,20 +152,30 @@ def load_dual_encoder(path: str | os.PathLike, device: torch.device | str | None
 
     from refers.base.checkpoints import reading_checkpoint
 
+    from refers.engine.precision import make_precision
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # auto: bfloat16 where the GPU has it; a CPU runs float32 (make_precision's rule for every command)
+    autocast = make_precision(precision == "fp16", precision == "bf16", 0.0, device, say=False,
+                              default="bf16" if precision == "auto" else "fp32").autocast
     path = Path(path)
     if path.is_file():
         try:
-            return dual_encoder_from_checkpoint(path, precision=precision, device=device)
+            encoder = dual_encoder_from_checkpoint(path)
         except (ValueError, FileNotFoundError) as error:
             raise DualEncoderFolderError(str(error)) from None
+        encoder.autocast = autocast
+        return encoder.to(device)
     config = read_config(path)
     try:
         spec = DualEncoderSpec(**config["model"])
     except TypeError as error:
         raise DualEncoderFolderError(f"{path / CONFIG}: the model description does not fit this version ({error})") from None
     tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER), local_files_only=True)
-    encoder = build_dual_encoder(spec, tokenizer, precision)
+    encoder = build_dual_encoder(spec, tokenizer)
+    encoder.autocast = autocast
     state: dict[str, torch.Tensor] = {}
     for name, prefix in ((IMAGE_WEIGHTS, "image_encoder."), (REPORT_WEIGHTS, "")):
         with reading_checkpoint(path / name):
