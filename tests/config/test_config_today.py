@@ -134,7 +134,7 @@ def test_demo_profiles_resolve_as_before(name):
     assert portable(dataclasses.asdict(profile)) == recorded["profile"]
     assert dataclasses.asdict(load_profile(name, 321)) == TODAY["demo"][name + "+studies"]["profile"]
     assert portable(demo.pretrain_overrides()) == recorded["pretrain_overrides"]
-    assert portable(demo.pretrain_overrides(True)) == recorded["pretrain_overrides_shuffled"]
+    assert portable(demo.pretrain_overrides("shuffled")) == recorded["pretrain_overrides_shuffled"]
     cfg = load_pretrain(ROOT / profile.pretrain_config, demo.pretrain_overrides())
     assert_keeps(recorded["pretrain_config"], portable(cfg.to_dict()), name)
     assert portable(sweep.fill_placeholders(sweep.read_sweep_file(ROOT / profile.sweep), {"${OUT}": "/OUT"})) == recorded["sweep_filled"]
