@@ -40,7 +40,7 @@ class UnreadableImageError(OSError):
 
 
 # Errors that mean "the input is wrong", not "the program is wrong".
-EXPECTED_ERRORS = (UserError, ListFormatError, FileNotFoundError, NotADirectoryError, PermissionError)
+EXPECTED_ERRORS = (UserError, ListFormatError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def reporting_errors(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:

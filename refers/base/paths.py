@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
+
+# One folder or file name that stays where it is joined: letters, digits, ``_``, ``.``, ``-``.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def project_root() -> Path:
@@ -38,6 +42,12 @@ def processed_dir() -> Path:
 def results_dir() -> Path:
     """Prediction files of fine-tuned models: ``Results_of_fine-tuning/``."""
     return project_root() / "Results_of_fine-tuning"
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether ``name`` is one path component of safe characters (not ``.`` or ``..``), so that
+    joining it onto a folder stays in that folder on every platform."""
+    return bool(_SAFE_NAME.fullmatch(name)) and name not in (".", "..")
 
 
 @functools.lru_cache(maxsize=256)

@@ -50,6 +50,14 @@ def ensure_separate(output: str | os.PathLike, source: str | os.PathLike, what: 
         raise PrepareError(f"{what} {output} is the source folder; prepare never writes into the folder it reads")
 
 
+def ensure_outside(output: str | os.PathLike, source: str | os.PathLike, what: str) -> None:
+    """Refuse an output folder that is the source folder, lies inside it or holds it."""
+    out, src = Path(output).resolve(), Path(source).resolve()
+    if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+        raise PrepareError(f"{what} {output} overlaps the source folder {source}; prepare never writes into or around "
+                           "the folder it reads")
+
+
 def require_file(path: Path, hint: str = "") -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found" + (f" ({hint})" if hint else ""))

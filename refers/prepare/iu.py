@@ -35,10 +35,11 @@ from typing import Iterator
 
 import numpy as np
 
+from refers.base.paths import is_safe_name
 from refers.base.synthetic import stamp_synthetic, synthetic_marker
 from refers.data.mimic_lists import Study
 from refers.data.registry import CHEXPERT_CLASSES
-from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, made_by, portable_path, read_csv, write_dataset_yaml
+from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_outside, ensure_separate, made_by, portable_path, read_csv, write_dataset_yaml
 from refers.prepare.mimic import OUTPUT_SPLITS, output_names, write_split_lists
 from refers.prepare.resize import FAILURES_FILE, ResizeSpec, prepare_images
 from refers.prepare.splits import group_split
@@ -109,6 +110,9 @@ def read_report(data: bytes, source: str) -> IUReport:
     sections = {element.get("Label", "").upper(): _text(element) for element in root.iter("AbstractText")}
     mesh = [_text(m) for m in root.iterfind("MeSH/major") if _text(m)]
     images = [p.get("id", "") for p in root.iter("parentImage") if p.get("id")]
+    for what, name in (("uId", uid), *(("parentImage id", image) for image in images)):
+        if not is_safe_name(name):  # it names a folder or file of --images-out
+            raise PrepareError(f"{source}: {what} {name!r} is not a plain file name (letters, digits, '_', '.', '-')")
     return IUReport(uid, source, sections.get("FINDINGS", ""), sections.get("IMPRESSION", ""), mesh, images)
 
 
@@ -187,6 +191,8 @@ def prepare_iu(root: Path, out: Path, images_out: Path, projections: Path | None
     """Prepare IU X-ray (see the module docstring for what is read and written)."""
     ensure_separate(out, root, "--out")
     ensure_separate(images_out, root, "--images-out")
+    for folder, flag in ((out, "--out"), (images_out, "--images-out")):
+        ensure_outside(folder, root / IMAGES, flag)
     ensure_new(out, output_names(), force)
     summary = Summary(f"iu -> {out}")
     if not (root / IMAGES).is_dir():
@@ -194,7 +200,11 @@ def prepare_iu(root: Path, out: Path, images_out: Path, projections: Path | None
     views = read_projections(projections) if projections is not None else {}
     reports: list[IUReport] = []
     jobs = []
+    seen: dict[str, str] = {}  # report id -> the file that gave it
     for report in iter_reports(root, summary):
+        if report.uid in seen:  # its images would land in the other's folder
+            raise PrepareError(f"{report.source}: uId {report.uid} is also the id of {seen[report.uid]}")
+        seen[report.uid] = report.source
         summary.add("reports")
         if not (report.findings or report.impression):
             summary.add("reports without FINDINGS and IMPRESSION")

@@ -14,6 +14,7 @@ from refers.cli import main as refers_main
 from refers.data.registry import CHEXPERT_CLASSES
 from refers.prepare.common import PrepareError
 from refers.prepare.iu import mesh_labels, read_report
+from tests.shared_data import tree_digest
 
 # Shaped like ecgen-radiology/1.xml of the real archive (trimmed), with its variants.
 REAL_STYLE = """<?xml version="1.0" encoding="utf-8"?>
@@ -154,3 +155,62 @@ def test_retrieval_on_the_prepared_iu_test_split(iu_download, pretrain_run, tmp_
     from refers.crossmodal.retrieval import default_out
 
     assert default_out(tmp_path / "lists" / "test_studies.jsonl", "REFERS", tmp_path / "R") == tmp_path / "R" / "retrieval" / "IU_X-ray_test" / "REFERS"
+
+
+def _private_copy(iu_download: Path, tmp_path: Path) -> Path:
+    """A writable copy of the module's synthetic download (these tests edit its reports)."""
+    import shutil
+
+    return Path(shutil.copytree(iu_download, tmp_path / "IU_X-ray"))
+
+
+def _refused(root: Path, out: Path, capsys, *extra: str) -> str:
+    """Run prepare iu into ``out``; assert exit 1, one error line, nothing written; return that line."""
+    capsys.readouterr()
+    code = refers_main.main(["prepare", "iu", "--root", str(root), "--out", str(out / "lists"), "--workers", "1", *extra])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (out / "lists").exists() and not (out / "images").exists()
+    return err
+
+
+@pytest.mark.parametrize("field, hostile", [("uId", "../../escaped"), ("uId", "a/b"), ("uId", ".."),
+                                            ("parentImage", "../../../escaped_IM-0001-1001")])
+def test_an_id_that_is_not_a_file_name_is_refused_before_anything_is_written(iu_download, tmp_path, capsys, field, hostile):
+    root = _private_copy(iu_download, tmp_path)
+    report = root / "NLMCXR_reports" / "ecgen-radiology" / "1.xml"
+    text = report.read_text()
+    original = read_report(report.read_bytes(), str(report))
+    assert original.images, "1.xml must list an image for this test"
+    if field == "uId":
+        text = text.replace(f'<uId id="{original.uid}"/>', f'<uId id="{hostile}"/>')
+    else:
+        text = text.replace(f'<parentImage id="{original.images[0]}">', f'<parentImage id="{hostile}">')
+    report.write_text(text)
+    before = {p for p in tmp_path.rglob("*")}
+    err = _refused(root, tmp_path, capsys, "--images-out", str(tmp_path / "images"))
+    assert f"{report}: {field}" in err and repr(hostile) in err
+    assert {p for p in tmp_path.rglob("*")} == before  # nothing written anywhere, inside or outside
+
+
+def test_a_uid_given_twice_is_refused_naming_both_files(iu_download, tmp_path, capsys):
+    root = _private_copy(iu_download, tmp_path)
+    folder = root / "NLMCXR_reports" / "ecgen-radiology"
+    (folder / "2.xml").write_text((folder / "2.xml").read_text().replace('<uId id="CXR2"/>', '<uId id="CXR1"/>'))
+    err = _refused(root, tmp_path, capsys, "--images-out", str(tmp_path / "images"))
+    assert f"{folder / '2.xml'}: uId CXR1 is also the id of {folder / '1.xml'}" in err
+
+
+@pytest.mark.parametrize("where", ["inside", "holding"])
+def test_images_out_overlapping_the_source_images_is_refused(iu_download, tmp_path, capsys, where):
+    root = _private_copy(iu_download, tmp_path)
+    before = tree_digest(root)
+    images_out = root / "NLMCXR_png" / "prepared" if where == "inside" else root.parent
+    err = _refused(root, tmp_path, capsys, "--images-out", str(images_out))
+    assert f"--images-out {images_out} overlaps the source folder {root / 'NLMCXR_png'}" in err
+    assert tree_digest(root) == before
+
+
+def test_projections_that_is_a_folder_is_one_line(iu_download, tmp_path, capsys):
+    err = _refused(iu_download, tmp_path, capsys, "--images-out", str(tmp_path / "images"), "--projections", str(tmp_path))
+    assert str(tmp_path) in err and "Is a directory" in err
