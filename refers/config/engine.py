@@ -253,6 +253,9 @@ def _document(path: Path, mtime_ns: int, size: int) -> Any:
     fine-tuning preset once per planned run)."""
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: byte 0x{error.object[error.start]:02x} at offset {error.start} is not UTF-8; "
+                          "save the file as UTF-8") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
 

@@ -68,6 +68,10 @@ def test_one_base_reader_for_every_kind_of_file(tmp_path):
         with pytest.raises(ConfigError, match=message) as caught:
             read_yaml(tmp_path / "bad.yaml")
         assert "\n" not in str(caught.value)
+    (tmp_path / "latin1.yaml").write_bytes("name: Ä\n".encode("latin-1"))  # a byte that is not UTF-8
+    with pytest.raises(ConfigError, match="byte 0xc4 at offset 6 is not UTF-8") as caught:
+        read_yaml(tmp_path / "latin1.yaml")
+    assert str(tmp_path / "latin1.yaml") in str(caught.value) and caught.value.exit_code == 2
     with pytest.raises(ConfigError, match="_BASE_ cycle"):
         read_yaml(tmp_path / "loop1.yaml")
     with pytest.raises(FileNotFoundError, match="sweep file not found"):
