@@ -246,12 +246,27 @@ def test_refuses_a_non_synthetic_folder_and_replaces_a_synthetic_one(tmp_path, c
     assert "refusing" in capsys.readouterr().err
     assert real.read_bytes() == b"real data" and not (tmp_path / "MIMIC-CXR").exists()
 
+    # A synthetic folder is replaced when it holds only what synth wrote, even a run of another size...
     other = tmp_path / "other"
+    folder = other / "Shenzhen_Tuberculosis"
+    assert _run(other, "--studies", "60", "--image-size", "32", "--datasets", "shenzhen") == 0
+    larger = _tree_hashes(folder)
     assert _run(other, "--studies", "10", "--image-size", "32", "--datasets", "shenzhen") == 0
-    stale = other / "Shenzhen_Tuberculosis" / "stale.txt"
-    stale.write_text("old")
-    assert _run(other, "--studies", "10", "--image-size", "32", "--datasets", "shenzhen") == 0
-    assert not stale.exists() and (other / "Shenzhen_Tuberculosis" / "SYNTHETIC.txt").is_file()
+    assert _run(tmp_path / "fresh", "--studies", "10", "--image-size", "32", "--datasets", "shenzhen") == 0
+    smaller = _tree_hashes(folder)
+    assert smaller == _tree_hashes(tmp_path / "fresh" / "Shenzhen_Tuberculosis") and len(smaller) < len(larger)
+
+    # ...but never when something else was put in it since (a user's file, prepare's prepared/ images).
+    mine = [folder / "notes.txt", folder / "prepared" / "CHNCXR_0001_0.png"]
+    for path in mine:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine")
+    capsys.readouterr()
+    assert _run(other, "--studies", "20", "--image-size", "32", "--datasets", "shenzhen") == 1
+    err = capsys.readouterr().err
+    assert f"{folder} holds notes.txt and 1 more, which refers synth did not write" in err and len(err.strip().splitlines()) == 1
+    assert {k: v for k, v in _tree_hashes(folder).items() if k not in ("notes.txt", "prepared/CHNCXR_0001_0.png")} == smaller
+    assert all(path.read_text() == "mine" for path in mine) and not list(other.glob(".*partial"))
 
 
 @pytest.mark.parametrize("argv, message", [

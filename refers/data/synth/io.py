@@ -22,18 +22,38 @@ from refers.base.synthetic import SYNTHETIC_MARKER as MARKER
 
 
 
+# The files ``refers synth`` wrote into a dataset folder, one relative path a line: what a new run may replace.
+MANIFEST = ".refers_synth_files.txt"
+
+
 class NotSyntheticError(Exception):
     """The output folder holds data that ``refers synth`` did not make (it is never overwritten)."""
 
 
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
 def check_writable(folder: Path) -> None:
-    """Refuse a non-empty folder without the synthetic marker (it may be a real download)."""
+    """Refuse a non-empty folder unless everything in it is what an earlier ``refers synth`` wrote
+    (its :data:`MANIFEST`): a real download, or files added since (``prepare``'s ``prepared/``, a
+    user's notes), are never deleted."""
     if folder.exists() and not folder.is_dir():
         raise NotSyntheticError(f"{folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not (folder / MARKER).is_file():
         raise NotSyntheticError(
             f"{folder} is not empty and has no {MARKER}: refusing to write synthetic data into what may be a real "
             "dataset; choose another --out or empty it")
+    manifest = folder / MANIFEST
+    written = set(manifest.read_text(encoding="utf-8").splitlines()) if manifest.is_file() else set()
+    foreign = [name for name in _files(folder) if name not in written | {MANIFEST}]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        why = "refers synth did not write" if manifest.is_file() else f"no {MANIFEST} says refers synth wrote"
+        raise NotSyntheticError(f"{folder} holds {foreign[0]}{more}, which {why}: refusing to replace the folder; "
+                                "move them out, or choose another --out")
 
 
 def start_partial(folder: Path) -> Path:
@@ -46,7 +66,9 @@ def start_partial(folder: Path) -> Path:
 
 
 def finish_partial(partial: Path, folder: Path) -> None:
-    """Replace ``folder`` (synthetic or empty, see :func:`check_writable`) by the completed ``partial``."""
+    """Record what ``partial`` holds (:data:`MANIFEST`), then replace ``folder`` (empty, or only what
+    synth wrote, see :func:`check_writable`) by it."""
+    write_text(partial / MANIFEST, "".join(f"{name}\n" for name in _files(partial)))
     check_writable(folder)
     if folder.exists():
         shutil.rmtree(folder)
