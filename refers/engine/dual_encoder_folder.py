@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ import torch
 from refers.base.atomic import atomic_folder
 from refers.base.digest import sha256_file
 from refers.base.errors import UserError
-from refers.models.dual_encoder import DualEncoder, DualEncoderSpec, build_dual_encoder, dual_encoder_from_checkpoint
+from refers.models.dual_encoder import DualEncoder, DualEncoderSpec, build_dual_encoder, dual_encoder_from_checkpoint, load_weights
 
 FORMAT = "refers-dual-encoder"
 FORMAT_VERSION = 1
@@ -95,8 +96,9 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     """``config.json`` of a dual-encoder folder, with every file it lists checked against its sha256.
 
     Raises:
-        DualEncoderFolderError: no such folder, no or a damaged ``config.json``, a missing, altered or
-            unlisted file.
+        DualEncoderFolderError: no such folder, no or a damaged ``config.json`` (also one whose
+            ``files`` or ``model`` fields are unusable, checksum or not: the message names the field),
+            a missing, altered or unlisted file.
     """
     folder = Path(folder)
     path = folder / CONFIG
@@ -116,7 +118,10 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
                                      f"reads {FORMAT_VERSION}")
     if config.get("config_sha256") != _config_digest(config):
         raise DualEncoderFolderError(f"{path} was altered after export (its checksum does not match); export the folder again")
-    listed: dict[str, str] = config.get("files") or {}
+    listed = _listed_files(config.get("files"), path)
+    model_spec(config, path)
+    if not isinstance(config.get("provenance", {}), dict):
+        raise DualEncoderFolderError(f"{path}: provenance must be a mapping")
     for name, digest in listed.items():
         file = folder / name
         if not file.is_file():
@@ -128,6 +133,36 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         if file.is_file() and name != CONFIG and name not in listed and name.split("/")[0] in (TOKENIZER, IMAGE_WEIGHTS, REPORT_WEIGHTS):
             raise DualEncoderFolderError(f"{file} is not one of the exported files (not in {CONFIG}); remove it")
     return config
+
+
+def _listed_files(files: Any, path: Path) -> dict[str, str]:
+    """``config.json``'s ``files``: relative names inside the folder, each with a sha256, the weights and tokenizer among them."""
+    if not isinstance(files, dict):
+        raise DualEncoderFolderError(f"{path}: files must map file names to their sha256, got {type(files).__name__}")
+    for name, digest in files.items():
+        parts = PurePosixPath(name).parts
+        if not name or "\\" in name or PurePosixPath(name).is_absolute() or ".." in parts or name == CONFIG:
+            raise DualEncoderFolderError(f"{path}: files: {name!r} is not a file name inside the folder")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise DualEncoderFolderError(f"{path}: files: {name!r} has no sha256 ({digest!r})")
+    required = [IMAGE_WEIGHTS, REPORT_WEIGHTS, f"{TOKENIZER}/"]
+    missing = [need for need in required if not any(n == need or (need.endswith("/") and n.startswith(need)) for n in files)]
+    if missing:
+        raise DualEncoderFolderError(f"{path}: files lists no {missing[0]}; export the folder again")
+    return files
+
+
+def model_spec(config: dict[str, Any], path: Path) -> DualEncoderSpec:
+    """``config.json``'s ``model`` as a checked spec."""
+    model = config.get("model")
+    if not isinstance(model, dict):
+        raise DualEncoderFolderError(f"{path}: model must be a mapping, got {type(model).__name__}")
+    try:
+        return DualEncoderSpec(**model)
+    except TypeError as error:
+        raise DualEncoderFolderError(f"{path}: the model description does not fit this version ({error})") from None
+    except ValueError as error:
+        raise DualEncoderFolderError(f"{path}: model.{error}") from None
 
 
 def load_dual_encoder(path: str | os.PathLike, device: torch.device | str | None = None,
@@ -169,20 +204,24 @@ def load_dual_encoder(path: str | os.PathLike, device: torch.device | str | None
         encoder.autocast = autocast
         return encoder.to(device)
     config = read_config(path)
+    spec = model_spec(config, path / CONFIG)
     try:
-        spec = DualEncoderSpec(**config["model"])
-    except TypeError as error:
-        raise DualEncoderFolderError(f"{path / CONFIG}: the model description does not fit this version ({error})") from None
-    tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER), local_files_only=True)
-    encoder = build_dual_encoder(spec, tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER), local_files_only=True)
+    except Exception as error:  # noqa: BLE001 (the tokenizers library raises plain Exception for a damaged file)
+        raise DualEncoderFolderError(f"{path / TOKENIZER} cannot be read as a tokenizer ({' '.join(str(error).split())}); "
+                                     "export the folder again") from None
+    try:
+        encoder = build_dual_encoder(spec, tokenizer)
+    except ValueError as error:
+        raise DualEncoderFolderError(f"{path / CONFIG}: model.{error}") from None
     encoder.autocast = autocast
     state: dict[str, torch.Tensor] = {}
     for name, prefix in ((IMAGE_WEIGHTS, "image_encoder."), (REPORT_WEIGHTS, "")):
         with reading_checkpoint(path / name):
             state.update({prefix + k: v for k, v in load_file(str(path / name)).items()})
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise DualEncoderFolderError(f"{path}: the weights do not fit {CONFIG} (missing {missing[:3]}, unexpected "
-                                     f"{unexpected[:3]}); export the folder again")
+    try:
+        load_weights(encoder, state, f"{path / CONFIG} and its weight files")
+    except ValueError as error:
+        raise DualEncoderFolderError(f"{error}; export the folder again") from None
     encoder.provenance = config.get("provenance", {})  # type: ignore[attr-defined]
     return encoder.to(device)

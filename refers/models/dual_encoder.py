@@ -17,6 +17,7 @@ folder (:func:`refers.engine.dual_encoder_folder.load_dual_encoder`).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch import nn
 from refers.models.contrast import image_contrast_vectors, report_contrast_vectors
 
 ImageInput = torch.Tensor | str | os.PathLike | Sequence[str | os.PathLike]
+POOLINGS = {"visual_pooling": ("cls", "mean"), "report_pooling": ("pooler", "mean")}
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,24 @@ class DualEncoderSpec:
     report_max_length: int
     image_min_side: int = 0
     bert_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse values no encoder can be built or fed with (``ValueError`` naming the field)."""
+        for name, low in (("image_size", 1), ("num_views", 1), ("embedding_dim", 1), ("report_max_length", 1),
+                          ("image_min_side", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) \
+                or not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
+        for name, choices in POOLINGS.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not isinstance(self.image_encoder, str) or not self.image_encoder:
+            raise ValueError(f"image_encoder must be a model name, got {self.image_encoder!r}")
+        if not isinstance(self.bert_config, dict):
+            raise ValueError(f"bert_config must be a mapping, got {type(self.bert_config).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,16 +242,49 @@ MODULE_PREFIXES = ("image_encoder.", "bert.", "text_projection.")
 
 
 def build_dual_encoder(spec: DualEncoderSpec, tokenizer: Any) -> DualEncoder:
-    """A dual encoder with freshly initialised weights of ``spec``'s shapes (load a state dict next)."""
+    """A dual encoder with freshly initialised weights of ``spec``'s shapes (load a state dict next).
+
+    Raises:
+        ValueError: ``spec`` names no buildable encoder, or its sizes disagree (the message names the field).
+    """
     from transformers import BertConfig, BertModel
 
     from refers.models.vit import build_vit
 
-    image_encoder = build_vit(spec.image_encoder, img_size=spec.image_size, num_classes=0, dropout=0.0)
-    config = BertConfig.from_dict(spec.bert_config)
-    bert = BertModel(config, add_pooling_layer=spec.report_pooling == "pooler")
+    try:
+        image_encoder = build_vit(spec.image_encoder, img_size=spec.image_size, num_classes=0, dropout=0.0)
+    except (ValueError, TypeError, AssertionError) as error:
+        raise ValueError(f"image_encoder {spec.image_encoder!r} at image_size {spec.image_size} cannot be built ({error})") from None
+    width = getattr(image_encoder, "embed_dim", None)
+    if width is None or spec.embedding_dim != spec.num_views * width:
+        raise ValueError(f"embedding_dim {spec.embedding_dim} is not num_views {spec.num_views} x the width {width} "
+                         f"of {spec.image_encoder}")
+    try:
+        config = BertConfig.from_dict(spec.bert_config)
+        bert = BertModel(config, add_pooling_layer=spec.report_pooling == "pooler")
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"bert_config does not describe a BERT ({error})") from None
+    if spec.report_max_length > config.max_position_embeddings:
+        raise ValueError(f"report_max_length {spec.report_max_length} exceeds bert_config's max_position_embeddings "
+                         f"{config.max_position_embeddings}")
     projection = nn.Linear(config.hidden_size, spec.embedding_dim)
     return DualEncoder(spec, image_encoder, bert, projection, tokenizer)
+
+
+def load_weights(encoder: DualEncoder, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``encoder``, every tensor present and of its shape.
+
+    Raises:
+        ValueError: a missing, unexpected or misshapen tensor (the message names ``source`` and the first few).
+    """
+    own = encoder.state_dict()
+    problems = [f"{k} missing" for k in own if k not in state] + [f"{k} unexpected" for k in state if k not in own]
+    problems += [f"{k} is {tuple(v.shape)}, the model's {tuple(own[k].shape)}" for k, v in state.items()
+                 if k in own and v.shape != own[k].shape]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ValueError(f"{source}: the weights do not fit the model described ({'; '.join(problems[:3])}{more})")
+    encoder.load_state_dict(state)
 
 
 def dual_encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -244,7 +297,8 @@ def dual_encoder_from_checkpoint(path: str | os.PathLike) -> DualEncoder:
     folder its configuration names: ``DATA.BERT_TOKENIZER_DIR`` or ``MODEL.TEXTUAL.BERT_DIR``).
 
     Raises:
-        ValueError: the file is no pre-training checkpoint (no model state or configuration).
+        ValueError: the file is no pre-training checkpoint (no model state or configuration), or its
+            weights do not fit its configuration (the message names the file).
         FileNotFoundError: its tokenizer folder is gone.
     """
     from refers.base.checkpoints import safe_load
@@ -260,10 +314,15 @@ def dual_encoder_from_checkpoint(path: str | os.PathLike) -> DualEncoder:
     saved.setdefault("MODEL", {}).setdefault("VISUAL", {})["PRETRAINED"] = ""  # the checkpoint holds the weights
     cfg = Config.from_dict(saved)
     state = dual_encoder_state(raw["model"])
+    if not isinstance(state.get("image_encoder.cls_token"), torch.Tensor):
+        raise ValueError(f"{path} holds no image-encoder weights ('image_encoder.cls_token' is missing from its 'model')")
     width = state["image_encoder.cls_token"].shape[-1]
     bert_config = bert_config_of(cfg).to_dict()
-    encoder = build_dual_encoder(spec_from_config(cfg, bert_config, width), load_bert_tokenizer(cfg))
-    encoder.load_state_dict(state)
+    try:
+        encoder = build_dual_encoder(spec_from_config(cfg, bert_config, width), load_bert_tokenizer(cfg))
+    except ValueError as error:
+        raise ValueError(f"{path}: its configuration gives no dual encoder: {error}") from None
+    load_weights(encoder, state, str(path))
     encoder.iteration = raw.get("iteration")  # type: ignore[attr-defined]
     encoder.pretrain_config = saved  # type: ignore[attr-defined]
     encoder.provenance = {"synthetic_data": is_synthetic(Path(path).parent)}  # type: ignore[attr-defined]

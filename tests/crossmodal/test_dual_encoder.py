@@ -137,3 +137,88 @@ def test_export_refuses_a_non_empty_folder_and_leaves_it_alone(pretrain_run, tmp
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert refers_main.main(["export", str(pretrain_run / "checkpoint_4.pth"), "--dual-encoder"]) == 2
     assert "--dual-encoder needs --out" in capsys.readouterr().err
+
+
+def _rechecksummed(folder: Path, edit) -> None:
+    """Edit ``config.json`` with ``edit(config)`` and give it a matching checksum again (as a
+    hand-editor who read the format would), computed here: sha256 of the sorted JSON without it."""
+    import hashlib
+
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    body = {k: v for k, v in config.items() if k != "config_sha256"}
+    config["config_sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tokenizer_damaged(config, folder):
+    path = folder / "tokenizer" / "tokenizer.json"
+    path.write_text("{not json")
+    config["files"]["tokenizer/tokenizer.json"] = _sha256(path)
+
+
+def _tokenizer_gone(config, folder):
+    shutil.rmtree(folder / "tokenizer")
+    config["files"] = {k: v for k, v in config["files"].items() if not k.startswith("tokenizer/")}
+
+
+def _outside(config, folder):
+    outside = folder.parent / "outside.txt"
+    outside.write_text("x")
+    config["files"]["../outside.txt"] = _sha256(outside)
+
+
+HAND_EDITS = {
+    "files_a_list": (lambda c, f: c.update(files=list(c["files"])), "files must map file names to their sha256"),
+    "files_absolute": (lambda c, f: c["files"].update({"/etc/hostname": "0" * 64}), "files: '/etc/hostname' is not a file name inside"),
+    "files_dotdot": (_outside, "files: '../outside.txt' is not a file name inside"),
+    "digest_a_number": (lambda c, f: c["files"].update({"MODEL_CARD.md": 5}), "files: 'MODEL_CARD.md' has no sha256"),
+    "size_a_string": (lambda c, f: c["model"].update(image_size="32"), "model.image_size must be an integer >= 1, got '32'"),
+    "unknown_encoder": (lambda c, f: c["model"].update(image_encoder="ViT-Q_99"), "model.image_encoder 'ViT-Q_99'"),
+    "bert_config_text": (lambda c, f: c["model"].update(bert_config="bert"), "model.bert_config must be a mapping"),
+    "bert_config_heads": (lambda c, f: c["model"]["bert_config"].update(num_attention_heads=7), "model.bert_config does not describe a BERT"),
+    "embedding_dim": (lambda c, f: c["model"].update(embedding_dim=c["model"]["embedding_dim"] + 1), "model.embedding_dim"),
+    "temperature_0": (lambda c, f: c["model"].update(temperature=0), "model.temperature must be a positive number, got 0"),
+    "temperature_negative": (lambda c, f: c["model"].update(temperature=-0.1), "model.temperature must be a positive number"),
+    "num_views_0": (lambda c, f: c["model"].update(num_views=0), "model.num_views must be an integer >= 1, got 0"),
+    "num_views_other": (lambda c, f: c["model"].update(num_views=2 * c["model"]["num_views"], embedding_dim=2 * c["model"]["embedding_dim"]),
+                        "the weights do not fit the model described"),
+    "pooling_max": (lambda c, f: c["model"].update(visual_pooling="max"), "model.visual_pooling must be one of cls, mean, got 'max'"),
+    "tokenizer_damaged": (_tokenizer_damaged, "cannot be read as a tokenizer"),
+    "tokenizer_gone": (_tokenizer_gone, "files lists no tokenizer/"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(HAND_EDITS))
+def test_a_hand_edited_config_with_a_fresh_checksum_is_one_line_naming_the_field(exported, tmp_path, edit):
+    from refers.engine.dual_encoder_folder import DualEncoderFolderError
+
+    folder = Path(shutil.copytree(exported, tmp_path / "copy"))
+    change, expected = HAND_EDITS[edit]
+    _rechecksummed(folder, lambda config: change(config, folder))
+    with pytest.raises(DualEncoderFolderError) as caught:
+        refers.load_dual_encoder(folder, device="cpu")
+    message = str(caught.value)
+    assert expected in message and "\n" not in message, message
+    named = folder / "tokenizer" if edit == "tokenizer_damaged" else folder / "config.json"
+    assert str(named) in message
+
+
+@pytest.mark.parametrize("damage", ["no_weights", "no_bert"])
+def test_a_checkpoint_without_the_weights_is_one_line_naming_it(pretrain_run, tmp_path, capsys, damage):
+    raw = torch.load(pretrain_run / "checkpoint_4.pth", map_location="cpu", weights_only=True)
+    raw["model"] = {} if damage == "no_weights" else {k: v for k, v in raw["model"].items() if not k.startswith("bert.")}
+    checkpoint = tmp_path / "checkpoint_4.pth"
+    torch.save(raw, checkpoint)
+    expected = "holds no image-encoder weights" if damage == "no_weights" else "bert.embeddings.word_embeddings.weight missing"
+    capsys.readouterr()
+    assert refers_main.main(["export", str(checkpoint), "--dual-encoder", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{checkpoint}" in err and expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
