@@ -31,15 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import logging
 
-    import torch
-
     from refers.base.atomic import check_output_file
     from refers.base.errors import UnreadableImageError
-    from refers.engine.distributed import DistInfo
+    from refers.engine.distributed import DistInfo, resolve_device
     from refers.finetune.predict import predict
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     check_output_file(args.out, "--out")  # before the model loads
     try:
         out = predict(args.checkpoint, args.images, args.out, args.model_type, args.img_size, args.dataset,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from refers.base.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -38,20 +40,43 @@ def _env_int(*names: str, default: int | None = None) -> int | None:
     return default
 
 
+def resolve_device(name: str | None = None) -> torch.device:
+    """The device a command runs on: ``name`` (``cpu``, ``cuda``, ``cuda:N``), by default the GPU
+    when there is one, else the CPU.
+
+    Raises:
+        UserError: (exit 2) ``name`` is no such device, or names a GPU this machine does not have.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name} is not a device: expected cpu, cuda or cuda:N", 2)
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        have = f"this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}" if count else "no GPU is available"
+        raise UserError(f"--device {name}: {have}; run with --device cpu or on a machine with that GPU", 2)
+    return device
+
+
 def init_distributed(local_rank: int | None = None, device: str | None = None) -> DistInfo:
     """Initialise the default process group if the launcher asked for more than one process.
 
     Args:
         local_rank: from ``--local_rank`` of the legacy launcher; ``LOCAL_RANK`` wins when both exist.
         device: "cpu" or "cuda" to force; default: CUDA when available.
+
+    Raises:
+        UserError: (exit 2) a GPU was asked for and there is none (:func:`resolve_device`).
     """
     world_size = _env_int("WORLD_SIZE", default=1) or 1
     rank = _env_int("RANK", default=0) or 0
     env_local = _env_int("LOCAL_RANK")
     local = env_local if env_local is not None else (local_rank if local_rank is not None and local_rank >= 0 else 0)
-    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("a GPU was asked for but torch.cuda.is_available() is False; run on the CPU instead")
+    use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)

@@ -187,11 +187,12 @@ def load_dual_encoder(path: str | os.PathLike, device: torch.device | str | None
 
     from refers.base.checkpoints import reading_checkpoint
 
+    from refers.engine.distributed import resolve_device
     from refers.engine.precision import make_precision
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(str(device) if device is not None else None)
     # auto: bfloat16 where the GPU has it; a CPU runs float32 (make_precision's rule for every command)
     autocast = make_precision(precision == "fp16", precision == "bf16", 0.0, device, say=False,
                               default="bf16" if precision == "auto" else "fp32").autocast
