@@ -27,8 +27,17 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     for number, raw in enumerate(data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"), start=1):
-        try:
-            yield number, raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ListFormatError(path, number, f"byte 0x{raw[error.start]:02x} at column {error.start + 1} is not UTF-8; "
-                                                "save the file as UTF-8") from None
+        yield number, decode_line(raw, path, number)
+
+
+def decode_line(raw: bytes, path: str | os.PathLike, number: int) -> str:
+    """One line's bytes as text, for readers that go line by line.
+
+    Raises:
+        ListFormatError: not valid UTF-8 (file, line and column in the message).
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ListFormatError(path, number, f"byte 0x{raw[error.start]:02x} at column {error.start + 1} is not UTF-8; "
+                                            "save the file as UTF-8") from None

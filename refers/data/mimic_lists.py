@@ -34,6 +34,7 @@ import numpy as np
 from refers.base.errors import ListFormatError
 from refers.base.atomic import atomic_output, atomic_write_text
 from refers.base.paths import safe_join
+from refers.base.text_files import decode_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _PATIENT = re.compile(r"^p\d+$")
@@ -166,13 +167,16 @@ def iter_study_index(path: str | os.PathLike, image_root: str | os.PathLike, req
     every study must have images and each must be a file on disk.
 
     Raises:
-        ListFormatError: a malformed line, a path leaving the image root, a views/images mismatch,
+        ListFormatError: a malformed line (also a byte that is not UTF-8, or labels of another count
+            than the first labelled line's), a path leaving the image root, a views/images mismatch,
             or (``require_images``) a study without images or a missing image; ``file:line`` first.
     """
     path, image_root = Path(path), Path(image_root)
     folders: dict[str, Path] = {}  # safe_join's memo of resolved study folders, for this read
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    label_count: tuple[int, int] | None = None  # (labels per study, the line that set it)
+    with open(path, "rb") as handle:  # line by line: the index of MIMIC is too big to hold at once
+        for line_number, raw in enumerate(handle, start=1):
+            line = decode_line(raw, path, line_number)
             if not line.strip():
                 continue
             if len(folders) > 4096:  # the index goes study by study: a small memo serves, a big one stays in RSS
@@ -183,6 +187,11 @@ def iter_study_index(path: str | os.PathLike, image_root: str | os.PathLike, req
                 raise
             except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
                 raise ListFormatError(path, line_number, f"not a study record: {error}") from None
+            if record.labels is not None:
+                label_count = label_count or (len(record.labels), line_number)
+                if len(record.labels) != label_count[0]:
+                    raise ListFormatError(path, line_number, f"{len(record.labels)} labels, but line {label_count[1]} has "
+                                                             f"{label_count[0]}")
             if require_images:
                 missing = next((p for p in record.images if not p.is_file()), None)
                 if missing is not None or not record.images:
