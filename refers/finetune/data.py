@@ -125,9 +125,15 @@ def fraction_file(list_dir: Path, split: str, volume: int, seed: int | None) -> 
 
 
 def read_targets(setup: DataSetup, path: Path) -> ImageList:
-    """Read a list file and keep the target columns (labels [N, num_classes])."""
+    """Read a list file and keep the target columns (labels [N, num_classes]).
+
+    Raises:
+        UserError: the list holds no image.
+    """
     binary = setup.label_columns == 2 and setup.num_classes == 1  # "negative positive" one-hot columns
     images = read_list(path, num_labels=setup.label_columns, one_hot=binary)
+    if len(images) == 0:
+        raise UserError(f"{path} holds no images")
     images.labels = np.ascontiguousarray(images.labels[:, list(setup.target_columns)])
     return images
 
@@ -240,8 +246,6 @@ def build_dataset(setup: DataSetup, list_file: Path, img_size: int, train: bool,
     with ``packed`` (a pack folder of ``refers prepare pack``), a dataset of the same items read from it.
     ``min_crop_area`` is the smallest random crop of the training transform."""
     images = read_targets(setup, list_file)
-    if len(images) == 0:
-        raise UserError(f"{list_file} holds no images")
     if packed:
         from refers.data.packed_cache import PackError, PackedDataset, PackedImages
 
