@@ -98,12 +98,16 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
     """Embed the studies and reports of an index and write the retrieval metrics (module docstring).
 
     Raises:
-        UserError: a missing model or index, an unreadable index line, earlier results of another
-            model in ``out`` (without ``overwrite``).
+        UserError: a missing model or index, an unreadable index line, a ``method`` that is not one
+            folder name, a ``device`` that is not there, earlier results of another model in ``out``
+            (without ``overwrite``).
     """
-    from refers.crossmodal.zeroshot import model_digest
+    from refers.crossmodal.zeroshot import check_method, model_digest
+    from refers.engine.distributed import resolve_device
     from refers.engine.dual_encoder_folder import load_dual_encoder
 
+    check_method(method)
+    run_device = resolve_device(device)
     model_path, index = Path(model), Path(studies)
     if not model_path.exists():
         raise UserError(f"--model {model}: no such dual-encoder folder or checkpoint")
@@ -111,10 +115,10 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
         raise UserError(f"--studies {studies}: no such study index")
     folder = Path(out) if out else default_out(index, method)
     check_output_dir(folder, "--out")
-    digest = model_digest(model_path)
-    _check_earlier(folder, digest, overwrite)
+    digest, index_sha = model_digest(model_path), sha256_file(index)
+    _check_earlier(folder, {"model": digest, "studies": index_sha}, overwrite)
     usable, classes = read_studies(index, data_root)
-    encoder = load_dual_encoder(model_path, device=device)
+    encoder = load_dual_encoder(model_path, device=run_device)
     images = encoder.encode_studies([s.images for s in usable], [s.views for s in usable], batch_size=batch_size,
                                     progress=progress)
     reports = encoder.encode_reports([s.text for s in usable], progress=progress)
@@ -124,7 +128,7 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
         "synthetic": is_synthetic(index) or bool(getattr(encoder, "provenance", {}).get("synthetic_data")),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"path": str(model_path.resolve()), "sha256": digest}, "method": method,
-        "studies": {"path": str(index.resolve()), "sha256": sha256_file(index), "used": len(usable)},
+        "studies": {"path": str(index.resolve()), "sha256": index_sha, "used": len(usable)},
         "bootstrap_resamples": bootstrap, "seed": seed, "git_commit": git_commit(),
         "all_studies": retrieval_report(images, reports, sets, bootstrap=bootstrap, seed=seed),
     }
@@ -149,19 +153,22 @@ def _five_by_200(images, reports, labels, classes, per_class: int, bootstrap: in
     return {"per_class": per_class, "classes": list(CHEXPERT_5), "counts": counts, "seed": seed, **metrics}
 
 
-def _check_earlier(folder: Path, digest: str, overwrite: bool) -> None:
-    """Refuse (exit 2) to replace another model's retrieval results unless ``overwrite``."""
+def _check_earlier(folder: Path, inputs: dict[str, str], overwrite: bool) -> None:
+    """Refuse (exit 2) to replace the retrieval results of another model or study index (``inputs``:
+    ``model`` / ``studies`` -> sha256) unless ``overwrite``."""
     path = folder / RESULT_JSON
     if overwrite or not path.is_file():
         return
-    try:
-        earlier = json.loads(path.read_text(encoding="utf-8"))["model"]
-        same, named = earlier["sha256"] == digest, earlier["path"]
-    except (ValueError, KeyError, TypeError):
-        same, named = False, f"unreadable {RESULT_JSON}"
-    if not same:
-        raise UserError(f"{folder} holds the retrieval results of another model ({named}); write into another --out, "
-                        "or replace them with --overwrite", 2)
+    for key, sha in inputs.items():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))[key]
+            same, named = earlier["sha256"] == sha, earlier["path"]
+        except (ValueError, KeyError, TypeError):
+            same, named = False, f"unreadable {RESULT_JSON}"
+        if not same:
+            what = "another model" if key == "model" else "another study index"
+            raise UserError(f"{folder} holds the retrieval results of {what} ({named}); write into another --out, "
+                            "or replace them with --overwrite", 2)
 
 
 def write_outputs(folder: Path, result: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from refers.base.atomic import atomic_write_text, check_output_dir
 from refers.base.digest import sha256_file
 from refers.base.errors import UserError
-from refers.base.paths import results_dir
+from refers.base.paths import is_safe_name, results_dir
 from refers.base.synthetic import mark_synthetic
 from refers.config.engine import ConfigError
 from refers.data.lists import find_split_file
@@ -64,11 +64,15 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
     """Score the test list of ``dataset`` and write the prediction files (see the module docstring).
 
     Raises:
-        UserError: a missing model, list or image, a bad prompt file, earlier results of another
-            model or prompt file in the output folder (without ``overwrite``).
+        UserError: a missing model, an empty or missing list, a missing image, a bad prompt file, a
+            ``method`` that is not one folder name, a ``device`` that is not there, earlier results of
+            another model, prompt file or test list in the output folder (without ``overwrite``).
     """
+    from refers.engine.distributed import resolve_device
     from refers.engine.dual_encoder_folder import load_dual_encoder
 
+    check_method(method)
+    run_device = resolve_device(device)
     model_path = Path(model)
     if not model_path.exists():
         raise UserError(f"--model {model}: no such dual-encoder folder or checkpoint")
@@ -85,12 +89,13 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
     name = setup.dataset if setup.dataset != "custom" else setup.list_dir.resolve().name
     folder = Path(results or results_dir()) / name / GROUP / method / SEED_FOLDER
     digest = model_digest(model_path)
-    check_earlier_results(folder, digest, overwrite)
-    _check_earlier_prompts(folder, sha256_file(prompt_file), overwrite)
     test_file = find_split_file(setup.list_dir, "test")
+    inputs = {"prompts": (prompt_file, sha256_file(prompt_file)), "test_list": (test_file, sha256_file(test_file))}
+    check_earlier_results(folder, digest, overwrite)
+    _check_earlier_inputs(folder, inputs, overwrite)
     targets = read_targets(setup, test_file)
     files, _ = locate_images(targets, setup.image_roots, skip_missing=False)
-    encoder = load_dual_encoder(model_path, device=device)
+    encoder = load_dual_encoder(model_path, device=run_device)
     images = encoder.encode_images(files, batch_size=batch_size, progress=progress)
     probs = np.zeros((len(files), len(class_prompts)), dtype=np.float64)
     for column, prompts_of in enumerate(class_prompts):
@@ -105,6 +110,16 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
         logger.warning("%s", warning.message)
     outcome = ZeroShotOutcome(folder, aucs, mean_auc(aucs), bootstrap_ci(labels, probs, n=BOOTSTRAP_RESAMPLES, seed=0),
                               len(files), setup.synthetic or _trained_on_synthetic(encoder))
+    record = {
+        "synthetic": outcome.synthetic, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(model_path.resolve()), "sha256": digest},
+        **{key: {"path": str(path.resolve()), "sha256": sha} for key, (path, sha) in inputs.items()},
+        "git_commit": git_commit(), "packages": package_versions(), "device": str(encoder.device),
+    }
+    record["test_list"]["scored"] = outcome.n_images
+    # The record first: a prediction file is never without the record of the run that wrote it (an
+    # interrupted run leaves its own record, so only the same inputs, or --overwrite, write here again).
+    atomic_write_text(folder / "run_record.json", json.dumps(record, indent=2) + "\n")
     write_prediction_files(folder, setup.classes, labels, probs)
     if outcome.synthetic:
         mark_synthetic(folder, "Made from SYNTHETIC data or a model trained on it: these numbers say nothing about real X-rays.\n")
@@ -119,14 +134,6 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(folder / "summary.txt", summary_text(summary))
     write_roc(folder, setup, GROUP, method, 0, labels, probs)
-    record = {
-        "synthetic": outcome.synthetic, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {"path": str(model_path.resolve()), "sha256": digest},
-        "prompts": {"path": str(prompt_file.resolve()), "sha256": sha256_file(prompt_file)},
-        "test_list": {"path": str(test_file.resolve()), "sha256": sha256_file(test_file), "scored": outcome.n_images},
-        "git_commit": git_commit(), "packages": package_versions(), "device": str(encoder.device),
-    }
-    atomic_write_text(folder / "run_record.json", json.dumps(record, indent=2) + "\n")
     return outcome
 
 
@@ -135,15 +142,28 @@ def _trained_on_synthetic(encoder) -> bool:
     return bool(provenance.get("synthetic_data"))
 
 
-def _check_earlier_prompts(folder: Path, prompts_sha: str, overwrite: bool) -> None:
-    """Refuse (exit 2) to replace zero-shot results made with another prompt file unless ``overwrite``."""
+def check_method(method: str) -> str:
+    """Refuse (exit 2) a ``--method`` that is not one folder name: it is joined onto the results folder."""
+    if not is_safe_name(method):
+        raise UserError(f"--method {method!r} must be one folder name of letters, digits, '_', '.' or '-'", 2)
+    return method
+
+
+INPUT_NAMES = {"prompts": "other prompts", "test_list": "another test list"}
+
+
+def _check_earlier_inputs(folder: Path, inputs: dict[str, tuple[Path, str]], overwrite: bool) -> None:
+    """Refuse (exit 2) to replace zero-shot results made with another prompt file or test list
+    (``inputs``: record key -> (file, sha256)) unless ``overwrite``."""
     record = folder / "run_record.json"
     if overwrite or not record.is_file():
         return
     try:
-        earlier = json.loads(record.read_text(encoding="utf-8")).get("prompts") or {}
-    except ValueError:
+        earlier = json.loads(record.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
         earlier = {}
-    if earlier.get("sha256") != prompts_sha:
-        raise UserError(f"{folder} holds zero-shot results made with other prompts ({earlier.get('path', 'unknown')}); "
-                        "write into another --results_dir or --method, or replace them with --overwrite", 2)
+    for key, (_, sha) in inputs.items():
+        before = earlier.get(key) if isinstance(earlier, dict) and isinstance(earlier.get(key), dict) else {}
+        if before.get("sha256") != sha:
+            raise UserError(f"{folder} holds zero-shot results made with {INPUT_NAMES[key]} ({before.get('path', 'unknown')}); "
+                            "write into another --results_dir or --method, or replace them with --overwrite", 2)

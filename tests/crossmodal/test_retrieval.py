@@ -127,3 +127,74 @@ def test_retrieval_usage_errors(pretrain_run, tmp_path, capsys):
                              "--data_root", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "test_studies.jsonl" in err and "Traceback" not in err
+
+
+def _one_line(err: str, *expected: str) -> None:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert all(text in err for text in expected), err
+
+
+@pytest.fixture
+def index_copy(prepared_lists, tmp_path):
+    """A private copy of the tiny MIMIC study index (these tests edit it) and the flags that find its images."""
+    from refers.data.image_roots import image_root_of
+
+    source = prepared_lists / "MIMIC-CXR"
+    index = tmp_path / "lists" / "train_studies.jsonl"
+    index.parent.mkdir()
+    index.write_bytes((source / "train_studies.jsonl").read_bytes())
+    return index, ["--data_root", str(image_root_of(source))]
+
+
+def _edit_line(index, number: int, edit) -> bytes:
+    lines = index.read_bytes().split(b"\n")
+    lines[number - 1] = edit(lines[number - 1])
+    index.write_bytes(b"\n".join(lines))
+    return lines[number - 1]
+
+
+def test_a_bad_index_line_is_one_line_naming_file_and_line(pretrain_run, index_copy, tmp_path, capsys):
+    index, roots = index_copy
+    args = ["retrieval", "--model", str(pretrain_run / "checkpoint_4.pth"), "--studies", str(index), "--out",
+            str(tmp_path / "out"), "--bootstrap", "0", "--no-progress", *roots]
+    original = index.read_bytes()
+    line = _edit_line(index, 2, lambda raw: raw.replace(b'"text": "', b'"text": "caf\xe9 ', 1))
+    column = line.index(b"\xe9") + 1
+    assert refers_main.main(args) == 1
+    _one_line(capsys.readouterr().err, f"{index}:2: byte 0xe9 at column {column} is not UTF-8")
+
+    index.write_bytes(original)
+    record = json.loads(original.split(b"\n")[2])
+    assert len(record["labels"]) == 14
+    _edit_line(index, 3, lambda raw: json.dumps({**record, "labels": record["labels"][:13]}).encode())
+    assert refers_main.main(args) == 1
+    _one_line(capsys.readouterr().err, f"{index}:3: 13 labels, but line 1 has 14")
+    assert not (tmp_path / "out").exists()
+
+
+def test_method_device_and_another_index_are_refused_before_any_work(pretrain_run, index_copy, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("REFERS_HOME", str(tmp_path / "project"))  # the default --out, were a check missed
+    index, roots = index_copy
+    results = tmp_path / "results"
+    base = ["retrieval", "--model", str(pretrain_run / "checkpoint_4.pth"), "--studies", str(index), "--bootstrap", "0",
+            "--per-class", "2", "--no-progress", *roots]
+    for method in ("../../escaped", "a/b", ".."):
+        assert refers_main.main([*base, "--method", method]) == 2
+        _one_line(capsys.readouterr().err, f"--method {method!r} must be one folder name")
+    assert not (tmp_path / "project").exists() and not (tmp_path.parent / "escaped").exists()
+    for device in ["cuda:99", "tpu"] + ([] if torch.cuda.is_available() else ["cuda"]):
+        assert refers_main.main([*base, "--device", device, "--out", str(results)]) == 2
+        _one_line(capsys.readouterr().err, f"--device {device}")
+    assert not results.exists()
+
+    assert refers_main.main([*base, "--out", str(results)]) == 0
+    before = (results / "retrieval.json").read_bytes()
+    index.write_bytes(b"\n".join(index.read_bytes().split(b"\n")[:-2]) + b"\n")  # one study fewer
+    capsys.readouterr()
+    assert refers_main.main([*base, "--out", str(results)]) == 2
+    _one_line(capsys.readouterr().err, "retrieval results of another study index")
+    assert (results / "retrieval.json").read_bytes() == before
+    assert refers_main.main([*base, "--out", str(results), "--overwrite"]) == 0
+    import hashlib
+
+    assert json.loads((results / "retrieval.json").read_text())["studies"]["sha256"] == hashlib.sha256(index.read_bytes()).hexdigest()

@@ -129,3 +129,77 @@ def test_zeroshot_usage_errors_are_one_line(pretrain_run, finetune_datasets, tmp
     err = capsys.readouterr().err
     assert str(bad) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def _one_line(err: str, *expected: str) -> None:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert all(text in err for text in expected), err
+
+
+@pytest.fixture
+def shenzhen_lists(finetune_datasets, tmp_path):
+    """A private copy of the tiny Shenzhen list folder (these tests edit test.txt) and its image folder."""
+    import shutil
+
+    list_dir, data_root = finetune_datasets["Shenzhen_Tuberculosis"]
+    return Path(shutil.copytree(list_dir, tmp_path / "lists")), data_root
+
+
+def _zeroshot_args(pretrain_run, lists, results):
+    list_dir, data_root = lists
+    return ["zeroshot", "--model", str(pretrain_run / "checkpoint_4.pth"), "--dataset", "Shenzhen_Tuberculosis",
+            "--list_dir", str(list_dir), "--data_root", str(data_root), "--results_dir", str(results), "--no-progress"]
+
+
+def test_bad_method_device_prompts_and_an_empty_list_are_one_line_before_any_output(pretrain_run, shenzhen_lists, tmp_path, capsys):
+    results = tmp_path / "r"
+    args = _zeroshot_args(pretrain_run, shenzhen_lists, results)
+    for method in ("../../escaped", "a/b", ".."):
+        assert refers_main.main([*args, "--method", method]) == 2
+        _one_line(capsys.readouterr().err, f"--method {method!r} must be one folder name")
+    for device in ["cuda:99"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:7"]):
+        assert refers_main.main([*args, "--device", device]) == 2
+        _one_line(capsys.readouterr().err, f"--device {device}")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("classes: {Tuberculosis: {positive: [Tuberculose pulmonaire \xe9vidente], negative: [x]}}\n".encode("latin-1"))
+    assert refers_main.main([*args, "--prompts", str(latin1)]) == 2
+    _one_line(capsys.readouterr().err, str(latin1), "is not UTF-8")
+    test_list = shenzhen_lists[0] / "test.txt"
+    test_list.write_text("\n")
+    assert refers_main.main(args) == 1
+    _one_line(capsys.readouterr().err, f"{test_list} holds no images")
+    assert not results.exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_another_test_list_is_refused_and_the_record_comes_before_the_predictions(pretrain_run, shenzhen_lists, tmp_path,
+                                                                                 capsys, monkeypatch):
+    import hashlib
+
+    import refers.crossmodal.zeroshot as zeroshot
+
+    results = tmp_path / "r"
+    args = _zeroshot_args(pretrain_run, shenzhen_lists, results)
+    assert refers_main.main(args) == 0
+    folder = results / "Shenzhen_Tuberculosis" / "zeroshot" / "REFERS" / "seed0"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    test_list = shenzhen_lists[0] / "test.txt"
+    lines = test_list.read_text().splitlines()
+    test_list.write_text("\n".join(lines[:-1]) + "\n")  # the same model and prompts, one image fewer
+    capsys.readouterr()
+    assert refers_main.main(args) == 2
+    _one_line(capsys.readouterr().err, f"{folder} holds zero-shot results made with another test list")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+    # Interrupted while writing the predictions: the record of that run is already there.
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zeroshot, "write_prediction_files", interrupted)
+    assert refers_main.main([*args, "--overwrite"]) == 130
+    record = json.loads((folder / "run_record.json").read_text())
+    assert record["test_list"]["sha256"] == hashlib.sha256(test_list.read_bytes()).hexdigest()
+    assert record["test_list"]["scored"] == len(lines) - 1
+    monkeypatch.undo()
+    assert refers_main.main(args) == 0  # the same inputs again complete the interrupted run
+    rows = (folder / "Tuberculosis.txt").read_text().splitlines()
+    assert len(rows) == len(lines) - 1
