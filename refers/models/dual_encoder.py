@@ -141,11 +141,27 @@ class DualEncoder(nn.Module):
         return self._transform(open_grey(path, min_side=self.spec.image_min_side or None))
 
     def _study_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, C, H, W] (one image per row) or [N, V, C, H, W] -> [N, V, C, H, W] with the model's V."""
+        """[N, C, H, W] (one image per row) or [N, V, C, H, W] -> [N, V, C, H, W] with the model's V.
+
+        Raises:
+            ValueError: another shape, size or channel count than the model takes (expected and got named).
+        """
+        given = tuple(images.shape)
         if images.dim() == 4:
             images = images.unsqueeze(1)
+        size = self.spec.image_size
         if images.dim() != 5:
-            raise ValueError(f"images must be [N, C, H, W] or [N, V, C, H, W], got {tuple(images.shape)}")
+            raise ValueError(f"images must be [N, C, {size}, {size}] or [N, V, C, {size}, {size}], got {given}")
+        channels, height, width = images.shape[2:]
+        if (height, width) != (size, size):
+            raise ValueError(f"images must be {size}x{size} (the model's image_size), got {height}x{width} "
+                             f"(shape {given}); resize them, or pass the image files")
+        if images.is_floating_point() and channels != 3:
+            raise ValueError(f"float images must have 3 channels, normalised with ImageNet's statistics, got {channels} "
+                             f"(shape {given}); pass grey images as uint8 [N, 1, {size}, {size}]")
+        if not images.is_floating_point() and (images.dtype != torch.uint8 or channels not in (1, 3)):
+            raise ValueError(f"integer images must be uint8 with 1 or 3 channels, got {images.dtype} with {channels} "
+                             f"(shape {given})")
         views = images.shape[1]
         if views != self.spec.num_views:
             index = [i % views for i in range(self.spec.num_views)]  # repeated cyclically, as pre-training does
@@ -158,10 +174,14 @@ class DualEncoder(nn.Module):
 
         Args:
             images: image files (one path or a list; each repeated across the model's views), or a
-                tensor [N, C, H, W] / [N, V, C, H, W], uint8 (C = 1 or 3) or float already normalised
-                with ImageNet's statistics.
+                tensor [N, C, S, S] / [N, V, C, S, S] at the model's ``image_size`` S, uint8 (C = 1 or
+                3; grey is expanded and normalised as for files) or float already normalised with
+                ImageNet's statistics (C = 3).
             batch_size: images per forward pass.
             progress: show a progress bar.
+
+        Raises:
+            ValueError: a tensor of another shape, size, channel count or dtype (expected and got named).
         """
         if isinstance(images, (str, os.PathLike)):
             images = [images]
@@ -207,9 +227,10 @@ class DualEncoder(nn.Module):
     # -- reports ----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_reports(self, reports: Iterable[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """Embeddings of report texts (or prompts): [N, D] float32, L2-normalised, on the CPU."""
-        reports = list(reports)
+    def encode_reports(self, reports: str | Iterable[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+        """Embeddings of report texts (or prompts): [N, D] float32, L2-normalised, on the CPU (a
+        single string is one report: [1, D])."""
+        reports = [reports] if isinstance(reports, str) else list(reports)
         if not all(isinstance(r, str) for r in reports):
             raise TypeError("encode_reports takes a list of strings")
         out = []

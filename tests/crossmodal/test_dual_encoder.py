@@ -222,3 +222,22 @@ def test_a_checkpoint_without_the_weights_is_one_line_naming_it(pretrain_run, tm
     err = capsys.readouterr().err
     assert f"{checkpoint}" in err and expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_api_takes_one_report_string_and_names_a_wrong_image_tensor(exported):
+    encoder = refers.load_dual_encoder(exported, device="cpu")
+    size = encoder.spec.image_size
+    one = encoder.encode_reports("no effusion.")
+    assert one.shape == (1, encoder.spec.embedding_dim)
+    assert torch.allclose(one, encoder.encode_reports(["no effusion."]))
+    grey = torch.randint(0, 256, (2, 1, size, size), dtype=torch.uint8)
+    assert encoder.encode_images(grey).shape == (2, encoder.spec.embedding_dim)  # grey uint8, as files give
+    for tensor, expected in [
+        (torch.zeros(2, 1, size, size), f"float images must have 3 channels, normalised with ImageNet's statistics, got 1 (shape (2, 1, {size}, {size}))"),
+        (torch.zeros(2, 3, size + 1, size), f"images must be {size}x{size} (the model's image_size), got {size + 1}x{size}"),
+        (torch.zeros(2, 4, size, size, dtype=torch.uint8), "integer images must be uint8 with 1 or 3 channels, got torch.uint8 with 4"),
+        (torch.zeros(size, size), f"images must be [N, C, {size}, {size}] or [N, V, C, {size}, {size}], got ({size}, {size})"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            encoder.encode_images(tensor)
+        assert expected in str(caught.value)
