@@ -190,8 +190,8 @@ def iter_study_index(path: str | os.PathLike, image_root: str | os.PathLike, req
             if record.labels is not None:
                 label_count = label_count or (len(record.labels), line_number)
                 if len(record.labels) != label_count[0]:
-                    raise ListFormatError(path, line_number, f"{len(record.labels)} labels, but line {label_count[1]} has "
-                                                             f"{label_count[0]}")
+                    raise ListFormatError(path, line_number, f"{len(record.labels)} labels, expected {label_count[0]} "
+                                                             f"(as line {label_count[1]})")
             if require_images:
                 missing = next((p for p in record.images if not p.is_file()), None)
                 if missing is not None or not record.images:

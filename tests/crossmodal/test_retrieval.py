@@ -168,7 +168,7 @@ def test_a_bad_index_line_is_one_line_naming_file_and_line(pretrain_run, index_c
     assert len(record["labels"]) == 14
     _edit_line(index, 3, lambda raw: json.dumps({**record, "labels": record["labels"][:13]}).encode())
     assert refers_main.main(args) == 1
-    _one_line(capsys.readouterr().err, f"{index}:3: 13 labels, but line 1 has 14")
+    _one_line(capsys.readouterr().err, f"{index}:3: 13 labels, expected 14 (as line 1)")
     assert not (tmp_path / "out").exists()
 
 
