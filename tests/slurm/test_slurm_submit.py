@@ -23,12 +23,14 @@ from tests.cli.test_pretrain_cli import pretrain_args
 from tests.slurm_cluster import squeue_state, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+ITERATIONS = 64
 
 
 def args(studies: Path, run: Path) -> list[str]:
-    """16 iterations, a checkpoint every 8: long enough for the signal to land mid-run."""
-    out = pretrain_args(studies, run, iterations=16)
-    out[out.index("--checkpoint-every") + 1] = "8"
+    """ITERATIONS iterations, a checkpoint at the end and half-way: long enough for the signal to land mid-run
+    (at 16 a job on an idle machine once finished in the half second between two polls of its log)."""
+    out = pretrain_args(studies, run, iterations=ITERATIONS)
+    out[out.index("--checkpoint-every") + 1] = str(ITERATIONS // 2)
     return out
 
 
@@ -46,7 +48,7 @@ def test_pretraining_job_checkpoints_on_the_pre_timeout_signal_requeues_and_resu
     assert pretrain([*args(pretrain_studies, submitted), "--submit", "slurm", "--slurm-time", "30"]) == 0
     job_id = re.search(r"submitted Slurm job (\d+)", capsys.readouterr().out).group(1)
     log, record = submitted / "slurm" / "pretrain.log", submitted / "slurm" / "pretrain.exit.json"
-    wait_for(lambda: log.is_file() and "iter 1/16" in log.read_text(), 180, "the job's first iteration")
+    wait_for(lambda: log.is_file() and f"iter 1/{ITERATIONS}" in log.read_text(), 180, "the job's first iteration")
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     first = wait_for(lambda: read_exit(record), 180, "the job to save and stop")
     assert first["returncode"] == REQUEUE_EXIT and first["requeued"] and first["restarts"] == 0
@@ -59,9 +61,9 @@ def test_pretraining_job_checkpoints_on_the_pre_timeout_signal_requeues_and_resu
     assert last["returncode"] == 0 and last["job_id"] == job_id
     text = log.read_text()
     saved = int(re.search(r"SIGUSR2 received: checkpoint saved at iteration (\d+)", text).group(1))
-    assert 1 <= saved < 16 and f"resumed from {submitted / f'checkpoint_{saved}.pth'} at iteration {saved}" in text
+    assert 1 <= saved < ITERATIONS and f"resumed from {submitted / f'checkpoint_{saved}.pth'} at iteration {saved}" in text
     assert "--resume auto" in text.splitlines()[[i for i, line in enumerate(text.splitlines()) if "(restart 1)" in line][0]]
-    a, b = weights(straight / "checkpoint_16.pth"), weights(submitted / "checkpoint_16.pth")
+    a, b = weights(straight / f"checkpoint_{ITERATIONS}.pth"), weights(submitted / f"checkpoint_{ITERATIONS}.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
