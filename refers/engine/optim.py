@@ -96,6 +96,21 @@ def parameter_groups(
     return [groups[key] for key in order if key in groups]
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def make_optimizer(params: Iterable, name: str, lr: float, weight_decay: float = 0.0,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` with momentum (``name`` "sgd") or ``AdamW`` (betas 0.9/0.999) over ``params``
+    (parameters, or parameter groups whose own ``weight_decay`` wins). Pre-training and fine-tuning
+    both build theirs here."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}: {' or '.join(OPTIMIZERS)}")
+
+
 def build_optimizer(model: nn.Module, settings: OptimSettings) -> torch.optim.Optimizer:
     """SGD with momentum (or AdamW) in timm's Lookahead, with the recipe's parameter groups."""
     from timm.optim.lookahead import Lookahead
@@ -103,10 +118,7 @@ def build_optimizer(model: nn.Module, settings: OptimSettings) -> torch.optim.Op
     groups = parameter_groups(
         model.named_parameters(), settings.lr, settings.bert_lr, settings.weight_decay, settings.no_decay
     )
-    if settings.optimizer == "adamw":
-        inner = torch.optim.AdamW(groups, lr=settings.lr)
-    else:
-        inner = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
+    inner = make_optimizer(groups, settings.optimizer, settings.lr, momentum=settings.momentum)
     if not settings.use_lookahead:
         return inner
     return Lookahead(inner, alpha=settings.lookahead_alpha, k=settings.lookahead_k)

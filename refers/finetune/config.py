@@ -102,6 +102,9 @@ class FinetuneArgs:
     init: str = _ours("pretrained", "scratch trains from random weights (explicitly; a missing checkpoint is an error)",
                       choices=("pretrained", "scratch"))
     freeze_backbone: bool = _ours(False, "train the head only (linear probe)")
+    optimizer: str = _ours("sgd", "sgd: momentum 0.9 (original); adamw: betas (0.9, 0.999), the usual choice for ViTs "
+                           "trained from random weights (timm, DeiT); --learning_rate and --weight_decay then set AdamW's",
+                           choices=("sgd", "adamw"))
     # = refers.data.device_transforms.ORIGINAL_MIN_CROP_AREA, not imported: the parser stays torch-free
     min_crop_area: float = _ours(0.08, "smallest random training crop, as a fraction of the image area (original: 0.08)",
                                  low=0, open_low=True, high=1)

@@ -38,6 +38,7 @@ from refers.base.errors import UnreadableImageError, UserError
 from refers.base.synthetic import mark_synthetic
 from refers.data.device_transforms import to_model_input
 from refers.engine.distributed import DistInfo
+from refers.engine.optim import make_optimizer
 from refers.engine.precision import Precision, make_precision
 from refers.engine.run_info import write_run_info
 from refers.engine.run_log import RunLog
@@ -182,7 +183,7 @@ class FinetuneRun:
             logger.info("--freeze_backbone: training the head only (%d parameters)", freeze_backbone(self.model))
         self.model.to(info.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(self.params, lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay)
+        self.optimizer = make_optimizer(self.params, args.optimizer, args.learning_rate, args.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, args.decay_type, args.warmup_steps, args.num_steps)
         self.precision = make_precision(args.fp16, args.bf16, args.loss_scale, info.device, say=info.is_main,
                                         default="fp32" if args.fp32 else "bf16")
