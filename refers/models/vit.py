@@ -7,7 +7,7 @@ that placement on a timm ``VisionTransformer``.
 
 ``model_type`` takes the original names (``ViT-B_16``, ``ViT-B_32``, ``ViT-L_16``, ``ViT-L_32``,
 ``ViT-H_14``), small ViTs for CPU work (``ViT-S_16``, ``ViT-Ti_16``, ``ViT-micro_8``,
-``ViT-nano_8``) and any other timm model name (e.g. ``densenet121``, ``resnet50`` baselines).
+``ViT-micro_16``, ``ViT-nano_8``) and any other timm model name (e.g. ``densenet121``, ``resnet50`` baselines).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ VIT_SHAPES: dict[str, VitShape] = {
     "ViT-S_16": VitShape(16, 384, 12, 6),
     "ViT-Ti_16": VitShape(16, 192, 12, 3),
     "ViT-micro_8": VitShape(8, 128, 4, 4),
+    "ViT-micro_16": VitShape(16, 128, 4, 4),  # ViT-B/16's patch: 16 tokens at 64 px
     "ViT-nano_8": VitShape(8, 64, 2, 2),
 }
 
