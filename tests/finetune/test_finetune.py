@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -143,26 +144,34 @@ def test_seed_reproducible(datasets, tmp_path):
     assert not torch.equal(a["head.weight"], c["head.weight"])
 
 
+@contextlib.contextmanager
+def interrupted_at(monkeypatch, call: int):
+    """Inside the block, the ``call``-th training loss raises KeyboardInterrupt (Ctrl-C mid-run)."""
+    import refers.finetune.train as train_module
+
+    real_loss, calls = train_module.classification_loss, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(train_module, "classification_loss", interrupted)
+    yield
+    monkeypatch.setattr(train_module, "classification_loss", real_loss)
+
+
 def test_resume_continues_exactly(datasets, tmp_path, monkeypatch):
     """An interrupted run resumed with --resume ends where the uninterrupted one does (bit for bit)."""
-    import refers.finetune.train as train_module
 
     def run(name: str, *extra: str) -> int:
         args = common(datasets, "Shenzhen_Tuberculosis", tmp_path, name=name)
         return finetune_main([*args, "--init", "scratch", "--num_steps", "6", "--eval_every", "3", *extra])
 
     assert run("full") == 0
-    real_loss, calls = train_module.classification_loss, []
-
-    def interrupted(*a, **k):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_loss(*a, **k)
-
-    monkeypatch.setattr(train_module, "classification_loss", interrupted)
-    assert run("cut") == 130
-    monkeypatch.setattr(train_module, "classification_loss", real_loss)
+    with interrupted_at(monkeypatch, 5):
+        assert run("cut") == 130
     assert torch.load(tmp_path / "output" / "cut_last.pth", weights_only=True)["step"] == 3
     assert run("cut", "--resume") == 0
     full = torch.load(tmp_path / "output" / "full_last.pth", weights_only=True)
@@ -327,7 +336,6 @@ def test_make_optimizer_first_step_matches_the_update_rule(name):
 def test_adamw_fine_tuning_keeps_its_state_and_resumes_exactly(datasets, tmp_path, monkeypatch):
     """--optimizer adamw: the checkpoint holds AdamW's moments, and a resumed run ends bit for bit where the
     uninterrupted one does."""
-    import refers.finetune.train as train_module
 
     def run(name: str, *extra: str) -> int:
         args = common(datasets, "Shenzhen_Tuberculosis", tmp_path, name=name)
@@ -338,17 +346,8 @@ def test_adamw_fine_tuning_keeps_its_state_and_resumes_exactly(datasets, tmp_pat
     full = torch.load(tmp_path / "output" / "full_last.pth", weights_only=True)
     moments = next(iter(full["optimizer"]["state"].values()))
     assert {"exp_avg", "exp_avg_sq"} <= set(moments) and "momentum_buffer" not in moments
-    real_loss, calls = train_module.classification_loss, []
-
-    def interrupted(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_loss(*a, **k)
-
-    monkeypatch.setattr(train_module, "classification_loss", interrupted)
-    assert run("cut") == 130
-    monkeypatch.setattr(train_module, "classification_loss", real_loss)
+    with interrupted_at(monkeypatch, 3):
+        assert run("cut") == 130
     assert run("cut", "--resume") == 0
     cut = torch.load(tmp_path / "output" / "cut_last.pth", weights_only=True)
     assert all(torch.equal(full["model"][k], cut["model"][k]) for k in full["model"])
