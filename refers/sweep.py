@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from refers.base.paths import project_root
+from refers.base.paths import is_safe_name, project_root
 from refers.config.engine import ConfigError, Spec, check_keys, mapping, read_yaml, unknown_key
 from refers.data.registry import get_dataset
 from refers.finetune.config import DATA_VOLUMES, check_flag_values, parse_args
@@ -211,6 +211,8 @@ def check_sweep(raw: Mapping[str, Any], where: str) -> None:
         Spec(list, item=str).check("launcher", raw["launcher"], where)
     _check_level(raw, where, "")
     for arm, section in _mapping(raw.get("arms"), f"{where}: arms").items():
+        if not is_safe_name(str(arm)):  # the arm is test.py's --method: a folder of the results tree
+            raise SweepConfigError(f"{where}: arms: {arm!r} must be one folder name of letters, digits, '_', '.' or '-'")
         _check_level(section, where, f"arms.{arm}", LEVEL_KEYS)
     declared = list(_mapping(raw.get("arms"), f"{where}: arms")) or ["REFERS"]
     for name, section in _mapping(raw.get("datasets"), f"{where}: datasets").items():

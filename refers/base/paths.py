@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+from refers.base.errors import UserError
+
 # One folder or file name that stays where it is joined: letters, digits, ``_``, ``.``, ``-``.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -48,6 +50,13 @@ def is_safe_name(name: str) -> bool:
     """Whether ``name`` is one path component of safe characters (not ``.`` or ``..``), so that
     joining it onto a folder stays in that folder on every platform."""
     return bool(_SAFE_NAME.fullmatch(name)) and name not in (".", "..")
+
+
+def check_method(method: str) -> str:
+    """Refuse (exit 2) a ``--method`` that is not one folder name: every command joins it onto a results folder."""
+    if not is_safe_name(method):
+        raise UserError(f"--method {method!r} must be one folder name of letters, digits, '_', '.' or '-'", 2)
+    return method
 
 
 @functools.lru_cache(maxsize=256)

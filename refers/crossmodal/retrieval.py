@@ -102,7 +102,8 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
             folder name, a ``device`` that is not there, earlier results of another model in ``out``
             (without ``overwrite``).
     """
-    from refers.crossmodal.zeroshot import check_method, model_digest
+    from refers.base.paths import check_method
+    from refers.crossmodal.zeroshot import model_digest
     from refers.engine.distributed import resolve_device
     from refers.engine.dual_encoder_folder import load_dual_encoder
 

@@ -24,7 +24,7 @@ import numpy as np
 from refers.base.atomic import atomic_write_text, check_output_dir
 from refers.base.digest import sha256_file
 from refers.base.errors import UserError
-from refers.base.paths import is_safe_name, results_dir
+from refers.base.paths import check_method, results_dir
 from refers.base.synthetic import mark_synthetic
 from refers.config.engine import ConfigError
 from refers.data.lists import find_split_file
@@ -140,13 +140,6 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
 def _trained_on_synthetic(encoder) -> bool:
     provenance = getattr(encoder, "provenance", None) or {}
     return bool(provenance.get("synthetic_data"))
-
-
-def check_method(method: str) -> str:
-    """Refuse (exit 2) a ``--method`` that is not one folder name: it is joined onto the results folder."""
-    if not is_safe_name(method):
-        raise UserError(f"--method {method!r} must be one folder name of letters, digits, '_', '.' or '-'", 2)
-    return method
 
 
 INPUT_NAMES = {"prompts": "other prompts", "test_list": "another test list"}

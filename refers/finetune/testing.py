@@ -38,7 +38,7 @@ from refers.finetune.data import build_dataset, default_workers, resolve_data
 from refers.finetune.evaluate import evaluate
 from refers.finetune.model import load_finetuned
 from refers.engine.precision import make_precision
-from refers.base.paths import results_dir
+from refers.base.paths import check_method, results_dir
 from refers.base.digest import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class TestOutcome:
 def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
     """Evaluate ``args.pretrained_dir`` on the test list; rank 0 writes the outputs."""
     check_output_dir(args.results_dir or results_dir(), "--results_dir")
+    check_method(args.method)
     model, settings = load_finetuned(args.pretrained_dir, args.model_type, args.img_size, args.num_classes)
     args = with_checkpoint(args, settings)  # the flags left unset, from the checkpoint's metadata
     setup = resolve_data(args)

@@ -110,6 +110,7 @@ def test_grid_size_and_precedence(tmp_path):
     ({"entry": "other"}, "entry must be"),
     ({"datasets": {}}, "the grid is empty"),
     ({"search": [0.1, 0.3]}, "a search list must hold mappings"),
+    ({"arms": {"../escaped": {}}}, "arms: '../escaped' must be one folder name"),
 ])
 def test_bad_sweep_files_are_usage_errors(tmp_path, capsys, change, message):
     assert main([str(write_grid(tmp_path, {**GRID, **change})), "--dry-run"]) == 2

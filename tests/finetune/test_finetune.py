@@ -87,6 +87,11 @@ def test_binary_train_test_predict(datasets, tmp_path, caplog):
     assert csv_rows[0] == ["image", "Tuberculosis"] and len(csv_rows) == 3
     assert float(csv_rows[1][1]) == pytest.approx(probs[0], abs=1e-6)
 
+    # --method is joined onto the results folder: one that climbs out of it is refused before anything is written.
+    escape = ["--pretrained_dir", str(checkpoint), "--results_dir", str(tmp_path / "results" / "deep"), "--num_workers", "0"]
+    assert evaluate_main([*escape, "--method", "../../escaped"]) == 2
+    assert not list(tmp_path.rglob("escaped")) and not (tmp_path / "results" / "deep").exists()
+
 
 def test_multiclass_trains_and_writes_safe_names(datasets, tmp_path):
     args = common(datasets, "VinBigData_Chest_X-ray", tmp_path)
