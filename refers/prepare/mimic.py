@@ -27,7 +27,7 @@ import numpy as np
 from refers.data.mimic_lists import Study, write_caption_list, write_study_index, write_study_list
 from refers.data.registry import CHEXPERT_CLASSES
 from refers.data.study_table import load_study_table
-from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, portable_path, read_csv, write_dataset_yaml
+from refers.prepare.common import PrepareError, Summary, ensure_new, ensure_outside, ensure_separate, find_source, made_by, portable_path, read_csv, write_dataset_yaml
 from refers.base.synthetic import stamp_synthetic, synthetic_marker
 from refers.prepare.reports import extract_sections, report_text
 from refers.prepare.resize import FAILURES_FILE, ResizeSpec, prepare_images
@@ -135,6 +135,7 @@ def prepare_mimic(
     """Prepare MIMIC-CXR for pre-training (see the module docstring for the files written)."""
     ensure_separate(out, root, "--out")
     ensure_separate(images_out, root, "--images-out")
+    ensure_outside(images_out, root / "files", "--images-out")  # the JPGs it reads
     ensure_new(out, output_names(), force)
     summary = Summary(f"mimic -> {out}")
     studies, views, labels, sources = _read_tables(root, summary)

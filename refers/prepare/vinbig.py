@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from refers.data.registry import VINBIG_CLASSES
-from refers.prepare.common import (PrepareError, Summary, ensure_new, ensure_separate, find_source, made_by, metadata_record,
+from refers.prepare.common import (PrepareError, Summary, ensure_new, ensure_outside, ensure_separate, find_source, made_by, metadata_record,
                                    portable_path, read_csv, write_dataset_yaml)
 from refers.base.synthetic import stamp_synthetic, synthetic_marker
 from refers.prepare.resize import FAILURES_FILE, ResizeSpec, prepare_images
@@ -130,7 +130,7 @@ def prepare_vinbig(
     """Convert the DICOMs and write the VinBigData lists (see the module docstring)."""
     ensure_separate(out, root, "--out")
     ensure_separate(images_out, root, "--images-out")
-    ensure_separate(images_out, root / "train", "--images-out")
+    ensure_outside(images_out, root / "train", "--images-out")  # the DICOMs it reads
     ensure_new(out, [f"{s}.txt" for s in SPLITS], force)
     summary = Summary(f"vinbig -> {out}")
     csv_path = find_labels(root)

@@ -95,6 +95,16 @@ def test_prepare_mimic_writes_every_file(mimic_root, tmp_path):
     assert not list(mimic_root.glob("files/**/*.tmp"))
 
 
+@pytest.mark.parametrize("where", ["files/prepared", "files"])
+def test_images_out_overlapping_the_jpg_folder_is_refused(mimic_root, tmp_path, capsys, where):
+    before = sorted(p.relative_to(mimic_root) for p in mimic_root.rglob("*"))
+    images_out = mimic_root / where
+    assert main(["mimic", "--root", str(mimic_root), "--out", str(tmp_path / "o"), "--images-out", str(images_out)]) == 1
+    err = capsys.readouterr().err
+    assert f"--images-out {images_out} overlaps the source folder {mimic_root / 'files'}" in err and "Traceback" not in err
+    assert sorted(p.relative_to(mimic_root) for p in mimic_root.rglob("*")) == before and not (tmp_path / "o").exists()
+
+
 def test_interrupted_run_resumes_without_redoing_images(mimic_root, tmp_path, monkeypatch, capsys):
     args = ["mimic", "--root", str(mimic_root), "--out", str(tmp_path / "lists"), "--short-side", "24", "--workers", "1"]
     real_save, calls = resize.save_atomic, []

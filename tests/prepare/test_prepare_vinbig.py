@@ -117,6 +117,18 @@ def test_union_and_majority_rules_in_original_class_order(tmp_path):
     assert "synthetic" in (tmp_path / "u" / "dataset.yaml").read_text()
 
 
+@pytest.mark.parametrize("where", ["train/prepared", "train", "."])
+def test_images_out_overlapping_the_dicom_folder_is_refused(tmp_path, capsys, where):
+    root = _vinbig(tmp_path / "vin", ROWS)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    images_out = root / where if where != "." else root.parent
+    assert main(["vinbig", "--root", str(root), "--out", str(tmp_path / "o"), "--images-out", str(images_out),
+                 "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "--images-out" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before and not (tmp_path / "o").exists()
+
+
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     root = _vinbig(tmp_path / "vin", ROWS)
     make_vinbig_csv(root, ROWS + [("c", "Alien", "R1")])
