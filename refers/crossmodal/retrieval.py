@@ -160,11 +160,15 @@ def _check_earlier(folder: Path, inputs: dict[str, str], overwrite: bool) -> Non
     path = folder / RESULT_JSON
     if overwrite or not path.is_file():
         return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:  # also a byte that is not UTF-8
+        recorded = None
     for key, sha in inputs.items():
         try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))[key]
+            earlier = recorded[key]
             same, named = earlier["sha256"] == sha, earlier["path"]
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):  # no such entry, or no mapping (also an unreadable file: None)
             same, named = False, f"unreadable {RESULT_JSON}"
         if not same:
             what = "another model" if key == "model" else "another study index"
