@@ -5,7 +5,8 @@ commands are appended to ``<out>/commands.sh`` (runnable from the project root) 
 ``<out>/logs/``. Stages:
 
 1. ``refers synth``: synthetic studies in the five datasets' official layouts;
-2. ``refers prepare``: MIMIC pre-training lists, the four downstream datasets, 1%/10% fractions;
+2. ``refers prepare``: MIMIC pre-training lists, the four downstream datasets, 1%/10% fractions, a pack
+   of the NIH-format images (``refers prepare pack``);
 3. ``refers tokenizer train`` and ``Pre-train/pretrain_refers.py`` (the demo preset);
 4. ``refers export``: the image encoder for fine-tuning;
 5. ``refers sweep``: fine-tuning from the export and from scratch (and, with ``--full``, from the
@@ -53,6 +54,7 @@ ABLATION_ARMS: dict[str, dict[str, Any]] = {
 }
 ZERO_SHOT_DATASET = "NIH_ChestX-ray"
 ABLATION_DATASET = "NIH_ChestX-ray"  # the ablation's arms are fine-tuned on this set only
+PACKED_DATASET = "NIH_ChestX-ray"  # packed at the demo's image size (the sweeps' packed_cache)
 
 
 class DemoError(RuntimeError):
@@ -220,7 +222,7 @@ class Demo:
         return self.path("DataProcessed", get_dataset(dataset).processed)
 
     def prepare(self) -> None:
-        self.stage("data preparation: MIMIC-style pre-training lists, downstream lists, label fractions")
+        self.stage("data preparation: MIMIC-style pre-training lists, downstream lists, label fractions, a pack of the NIH-format images")
         size = str(self.profile.image_size)
         extra = {"mimic": ["--short-side", size], "vinbig": ["--max-size", size]}
         for name in ("MIMIC-CXR", *FINETUNE_DATASETS):
@@ -234,6 +236,14 @@ class Demo:
             alias = get_dataset(name).alias
             self.refers("prepare", "fractions", "--dataset", alias, "--lists", self.lists(name), "--percent", *percents,
                         "--seeds", *seeds, log=f"fractions-{alias}")
+        # The NIH-format set's longest fine-tuning runs read decoded images from one memory map: without
+        # decoding a PNG per image, 300 steps of 32 took 27 s instead of 31 s (same AUC, same crops).
+        self.refers("prepare", "pack", "--dataset", get_dataset(PACKED_DATASET).alias, "--lists", self.lists(PACKED_DATASET),
+                    "--size", size, "--out", self.pack_dir(), log="pack-nih")
+
+    def pack_dir(self) -> Path:
+        """The pack the sweep files read as ``${OUT}/Data/NIH_ChestX-ray/packed``."""
+        return self.path("Data", get_dataset(PACKED_DATASET).name, "packed")
 
     def pretrain_overrides(self, arm: str = "REFERS") -> list[str]:
         mimic = self.lists("MIMIC-CXR")

@@ -127,7 +127,10 @@ class SeededDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             random.seed(seed)
             np.random.seed(seed)
-            torch.manual_seed(seed)
+            # The CPU generator only: torch.manual_seed also seeds every accelerator, lazily, recording a
+            # stack trace per call when none is initialised (~2 ms an item on a CPU); the transforms here
+            # draw from the CPU generator, and fork_rng(devices=[]) restores only its state.
+            torch.random.default_generator.manual_seed(seed)
             try:
                 return self.dataset[index]
             finally:
