@@ -56,6 +56,10 @@ def test_data_stages(demo_out):
     for seed in (0, 1):
         subset = read_list(nih / f"train_10_seed{seed}.txt", 14)
         assert 0 < len(subset) < len(train) and set(subset.paths) <= set(train.paths)
+    # The pack the sweep reads holds every image of the NIH-format lists once, at the demo's size.
+    pack = json.loads((demo_out / "Data" / "NIH_ChestX-ray" / "packed" / "pack.json").read_text())
+    listed = {p for f in nih.glob("*.txt") if f.name != "SYNTHETIC.txt" for p in read_list(f, 14).paths}
+    assert pack["count"] == len(listed) and pack["size"] == 32
 
 
 @pytest.mark.slow
@@ -167,3 +171,31 @@ def test_the_full_profile_names_the_ablation_arms_and_its_table_is_read_from_the
             load_profile("bad")
     finally:
         demo_module.project_root = original
+
+
+def test_the_demo_grid_trains_every_arm_alike_and_longer_with_more_labels():
+    """configs/sweep/demo(_full).yaml: per fraction, every arm of the NIH-format set has the same steps,
+    batch and schedule, and the steps grow with the fraction; pre-trained arms train a probe on the mean
+    patch token, scratch fine-tunes fully with AdamW on the CLS token (README, "What the demo shows")."""
+    from refers import sweep
+    from refers.base.paths import project_root
+
+    def option(run, flag):
+        return run.args[run.args.index(flag) + 1] if flag in run.args else None
+
+    config = sweep.load_config(project_root() / "configs/sweep/demo_full.yaml", placeholders={"${OUT}": "/OUT"})
+    runs = [r for r in sweep.plan_training(config) if r.dataset == "NIH_ChestX-ray"]
+    assert {r.arm for r in runs} == {"REFERS", "scratch", "caption_only", "contrast_only", "shuffled", "two_view"}
+    steps = {}
+    for percent in (1, 10, 100):
+        cell = [r for r in runs if r.percent == percent]
+        budgets = {(option(r, "--num_steps"), option(r, "--train_batch_size"), option(r, "--warmup_steps")) for r in cell}
+        assert len(budgets) == 1, (percent, budgets)
+        steps[percent] = int(next(iter(budgets))[0])
+        for run in cell:
+            probe = run.arm != "scratch"
+            assert ("--freeze_backbone" in run.args) == probe
+            assert option(run, "--global_pool") == ("avg" if probe else "token")
+            assert option(run, "--optimizer") == (None if probe else "adamw")  # None: the original's SGD
+            assert option(run, "--packed_cache") == "/OUT/Data/NIH_ChestX-ray/packed"
+    assert steps[1] < steps[10] < steps[100]
