@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from refers.base.checkpoints import atomic_torch_save
+from refers.base.memory import retain_freed_memory
 from refers.engine import train_state as ts
 from refers.engine.distributed import DistInfo, barrier
 from refers.engine.precision import Precision
@@ -122,6 +123,7 @@ class Trainer:
     """Runs a :class:`Task` from its current (or resumed) step to the end; :meth:`run` returns the exit code."""
 
     def __init__(self, task: Task, info: DistInfo, progress: bool = True):
+        retain_freed_memory()  # a step reuses the last step's pages instead of faulting in new ones
         self.task, self.info, self.progress = task, info, progress
         self.step = 0
         self.position = DataPosition()

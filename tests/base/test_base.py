@@ -175,3 +175,35 @@ def test_stale_temporaries_of_interrupted_writes_are_removed_and_nothing_else(tm
     assert remove_stale_temporaries(tmp_path, started) == 2  # the top folder only
     assert remove_stale_temporaries(tmp_path, started, recursive=True) == 1
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept) and fresh.exists()
+
+
+def test_malloc_keeps_freed_memory_once_and_leaves_a_users_tuning_alone():
+    """retain_freed_memory changes glibc's thresholds in a fresh process (read back with mallinfo2: a
+    live 8 MiB block comes from the reusable heap, not from an mmap of its own as with glibc's
+    defaults), does nothing a second time, and nothing where the user tuned malloc."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc")
+    probe = (
+        "import ctypes, ctypes.util, sys; from refers.base.memory import retain_freed_memory as r;"
+        "libc = ctypes.CDLL(ctypes.util.find_library('c')); libc.malloc.restype = ctypes.c_void_p;"
+        "Info = type('Info', (ctypes.Structure,), {'_fields_': [(n, ctypes.c_size_t) for n in "
+        "'arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost'.split()]});"
+        "libc.mallinfo2.restype = Info;"
+        "first, again = (r(), r()) if sys.argv[1] == 'on' else (False, False);"
+        "before = libc.mallinfo2().hblks; block = libc.malloc(8 << 20); mapped = libc.mallinfo2().hblks - before;"
+        "libc.free(ctypes.c_void_p(block));"
+        "print(first, again, mapped)"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+
+    def run(switch, **env):
+        return subprocess.run([sys.executable, "-c", probe, switch], capture_output=True, text=True, check=True,
+                              env={**clean, **env}).stdout.split()
+
+    assert run("off") == ["False", "False", "1"]  # the oracle: glibc's defaults mmap an 8 MiB block
+    assert run("on") == ["True", "False", "0"]
+    assert run("on", MALLOC_ARENA_MAX="2") == ["False", "False", "1"]
+    assert run("on", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536") == ["False", "False", "1"]
