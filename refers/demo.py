@@ -31,7 +31,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,6 +80,9 @@ class Profile:
         validations: pre-training validations (checkpoints) over the run.
         cpu_workers: data-loading processes of pre-training (0: load in the training process, the
             fastest on 2 cores, where a loader process takes a core from the matrix products).
+        pretrain_jobs: pre-training arms run at a time, the cores shared out between them as threads
+            (the arms are independent; on 2 cores two one-thread runs keep both busy while each
+            loads its batches, where one two-thread run leaves a core idle).
         bootstrap: resamples of ``refers results``' confidence intervals.
         workers: processes of ``refers synth`` / ``refers prepare``.
     """
@@ -94,6 +99,7 @@ class Profile:
     downstream_studies: int = field(default=2000, metadata={"spec": {"low": 1}})
     validations: int = field(default=2, metadata={"spec": {"low": 1}})
     cpu_workers: int = field(default=0, metadata={"spec": {"low": 0}})
+    pretrain_jobs: int = field(default=1, metadata={"spec": {"low": 1}})
     bootstrap: int = field(default=1000, metadata={"spec": {"low": 1}})
     workers: int = field(default=2, metadata={"spec": {"low": 1}})
 
@@ -142,6 +148,7 @@ class Demo:
         self.root = project_root()
         self.stage_number = 0
         self.timings: dict[str, float] = {}
+        self._lock = threading.Lock()  # commands started together print and log one at a time
 
     # --- folders ---------------------------------------------------------------------------------
 
@@ -175,37 +182,73 @@ class Demo:
         """Run ``python -m refers <args>``."""
         self.run([self.python, "-m", "refers", *args], log=log)
 
-    def run(self, command: Sequence[str], log: str) -> None:
+    def run(self, command: Sequence[str], log: str, threads: int | None = None, stream: bool = True) -> None:
         """Run one command from the project root, stream and log its output, record it in commands.sh.
+
+        Args:
+            threads: the command's compute threads (``OMP_NUM_THREADS``); None: PyTorch's default, one per core.
+            stream: also show its output here (else one line when it ends).
 
         Raises:
             DemoError: when it exits with a non-zero status.
         """
         command = [str(c) for c in command]
         shown = shlex.join(command).replace(shlex.quote(self.python), "python")
-        print(f"$ {shown}", flush=True)
-        with (self.out / "commands.sh").open("a", encoding="utf-8") as handle:
-            handle.write(shlex.join(command) + "\n")
         log_path = self.path("logs", f"{self.stage_number:02d}-{log}.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            print(f"$ {shown}" + ("" if stream else f"  # {threads or 'default'} thread(s), progress in {log_path}"), flush=True)
+            with (self.out / "commands.sh").open("a", encoding="utf-8") as handle:
+                handle.write(shlex.join(command) + "\n")
         start = time.perf_counter()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        if threads:
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # chunks may split a character
         with log_path.open("wb") as handle:
             process = subprocess.Popen(command, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             assert process.stdout is not None
             for chunk in iter(lambda: process.stdout.read1(65536), b""):  # type: ignore[attr-defined]
                 handle.write(chunk)
-                if self.stream:
+                if self.stream and stream:
                     sys.stdout.write(decoder.decode(chunk))
                     sys.stdout.flush()
             code = process.wait()
         seconds = time.perf_counter() - start
         self.timings[log] = self.timings.get(log, 0.0) + seconds
+        if not stream and code == 0:
+            print(f"  {log}: done in {seconds:.0f} s", flush=True)
         if code != 0:
             tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
             raise DemoError(f"`{shown}` failed with exit status {code} after {seconds:.0f} s; "
                             f"log: {log_path}\n" + "\n".join(tail))
+
+    def run_together(self, jobs: Sequence[tuple[Sequence[str], str]], at_once: int) -> None:
+        """Run independent ``(command, log)`` jobs ``at_once`` at a time, in the order given, the
+        cores shared out between them as threads. After a failure no further job starts; those
+        running finish, then the first failure is raised."""
+        at_once = max(1, min(at_once, len(jobs)))
+        if at_once == 1:
+            for command, log in jobs:
+                self.run(command, log)
+            return
+        threads = max(1, len(os.sched_getaffinity(0)) // at_once) if hasattr(os, "sched_getaffinity") else 1
+        failed = threading.Event()
+
+        def job(command: Sequence[str], log: str) -> None:
+            if failed.is_set():
+                return
+            try:
+                self.run(command, log, threads, stream=False)
+            except DemoError:
+                failed.set()
+                raise
+
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
+            futures = [pool.submit(job, command, log) for command, log in jobs]
+        for future in futures:
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
 
     # --- the stages ------------------------------------------------------------------------------
 
@@ -271,12 +314,13 @@ class Demo:
                     "--vocab-size", str(cfg.DATA.VOCAB_SIZE), "--wordpiece-vocab-size", str(cfg.MODEL.TEXTUAL.BERT_VOCAB_SIZE),
                     log="tokenizer")
         every = str(max(1, cfg.OPTIM.NUM_ITERATIONS // self.profile.validations))
-        for arm in self.pretrained_arms():
-            self.run([self.python, "Pre-train/pretrain_refers.py", "--config", config,
-                      "--config-override", *self.pretrain_overrides(arm),
-                      "--serialization-dir", self.path("pretrain", arm), "--num-gpus-per-machine", "0",
-                      "--cpu-workers", str(self.profile.cpu_workers), "--checkpoint-every", every, "--no-export"],
-                     log=f"pretrain-{arm}")
+        # The longest arms (two views a study) first, so that the last one to start is a short one.
+        arms = sorted(self.pretrained_arms(), key=lambda arm: -ABLATION_ARMS.get(arm, {}).get("DATA.NUM_VIEWS", 1))
+        self.run_together([([self.python, "Pre-train/pretrain_refers.py", "--config", config,
+                             "--config-override", *self.pretrain_overrides(arm),
+                             "--serialization-dir", self.path("pretrain", arm), "--num-gpus-per-machine", "0",
+                             "--cpu-workers", str(self.profile.cpu_workers), "--checkpoint-every", every, "--no-export"],
+                            f"pretrain-{arm}") for arm in arms], self.profile.pretrain_jobs)
 
     def last_checkpoint(self, arm: str) -> Path:
         """The latest ``checkpoint_{iteration}.pth`` of a pre-training run."""

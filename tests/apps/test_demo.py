@@ -199,3 +199,37 @@ def test_the_demo_grid_trains_every_arm_alike_and_longer_with_more_labels():
             assert option(run, "--optimizer") == (None if probe else "adamw")  # None: the original's SGD
             assert option(run, "--packed_cache") == "/OUT/Data/NIH_ChestX-ray/packed"
     assert steps[1] < steps[10] < steps[100]
+
+
+def test_independent_commands_run_together_with_the_cores_shared_out(tmp_path, capsys):
+    """Demo.run_together: jobs overlap in time (each waits until the other has started), each gets
+    cores // jobs threads (OMP_NUM_THREADS), has its own log and its line in commands.sh; a failing
+    job is raised, naming its log, after the running ones have finished, and no job starts after it."""
+    import os
+    import sys
+
+    from refers.demo import DemoError
+
+    demo = Demo(tmp_path / "out", load_profile("full"), stream=False)
+    demo.start_clean()
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    wait_for_other = ("import os, pathlib, sys, time; here, other = sys.argv[1:3]; d = pathlib.Path(sys.argv[3]);"
+                      "(d / here).touch(); deadline = time.time() + 60\n"
+                      "while not (d / other).exists() and time.time() < deadline: time.sleep(0.05)\n"
+                      "print('threads', os.environ.get('OMP_NUM_THREADS'), (d / other).exists())")
+    jobs = [([sys.executable, "-c", wait_for_other, "a", "b", flags], "job-a"),
+            ([sys.executable, "-c", wait_for_other, "b", "a", flags], "job-b")]
+    demo.run_together(jobs, at_once=2)
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    for name in ("a", "b"):
+        assert (tmp_path / "out" / "logs" / f"00-job-{name}.log").read_text().split() == ["threads", threads, "True"]
+    assert (tmp_path / "out" / "commands.sh").read_text().count(wait_for_other.splitlines()[0][:20]) == 2
+
+    finished, started = tmp_path / "finished", tmp_path / "started"
+    jobs = [([sys.executable, "-c", "import sys; sys.exit(3)"], "fails"),
+            ([sys.executable, "-c", f"import time, pathlib; time.sleep(1); pathlib.Path({str(finished)!r}).touch()"], "slow"),
+            ([sys.executable, "-c", f"import pathlib; pathlib.Path({str(started)!r}).touch()"], "after")]
+    with pytest.raises(DemoError, match=r"exit status 3 .*00-fails\.log"):
+        demo.run_together(jobs, at_once=2)
+    assert finished.exists() and not started.exists()  # the running job finished; none started after the failure
