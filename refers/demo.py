@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import yaml
 
 from refers.base.atomic import atomic_write_text
+from refers.base.host import usable_cores
 from refers.config.engine import ConfigError, check_keys, dataclass_specs, read_yaml, unknown_key
 from refers.data.registry import FINETUNE_DATASETS, get_dataset
 from refers.base.paths import project_root
@@ -232,7 +233,7 @@ class Demo:
             for command, log in jobs:
                 self.run(command, log)
             return
-        threads = max(1, len(os.sched_getaffinity(0)) // at_once) if hasattr(os, "sched_getaffinity") else 1
+        threads = max(1, usable_cores() // at_once)
         failed = threading.Event()
 
         def job(command: Sequence[str], log: str) -> None:
@@ -247,8 +248,8 @@ class Demo:
         with ThreadPoolExecutor(max_workers=at_once) as pool:
             futures = [pool.submit(job, command, log) for command, log in jobs]
         for future in futures:
-            if future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+            if (error := future.exception()) is not None:
+                raise error
 
     # --- the stages ------------------------------------------------------------------------------
 

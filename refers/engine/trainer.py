@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from refers.base.checkpoints import atomic_torch_save
-from refers.base.memory import retain_freed_memory
+from refers.base.host import retain_freed_memory
 from refers.engine import train_state as ts
 from refers.engine.distributed import DistInfo, barrier
 from refers.engine.precision import Precision

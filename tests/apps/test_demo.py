@@ -169,6 +169,9 @@ def test_the_full_profile_names_the_ablation_arms_and_its_table_is_read_from_the
     try:
         with pytest.raises(ConfigError, match="did you mean 'caption_only'"):
             load_profile("bad")
+        (bad / "bad.yaml").write_text("pretrain_jobs: 0\n")
+        with pytest.raises(ConfigError, match=r"bad\.yaml.*pretrain_jobs.*0"):
+            load_profile("bad")
     finally:
         demo_module.project_root = original
 

@@ -187,7 +187,7 @@ def test_malloc_keeps_freed_memory_once_and_leaves_a_users_tuning_alone():
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's malloc")
     probe = (
-        "import ctypes, ctypes.util, sys; from refers.base.memory import retain_freed_memory as r;"
+        "import ctypes, ctypes.util, sys; from refers.base.host import retain_freed_memory as r;"
         "libc = ctypes.CDLL(ctypes.util.find_library('c')); libc.malloc.restype = ctypes.c_void_p;"
         "Info = type('Info', (ctypes.Structure,), {'_fields_': [(n, ctypes.c_size_t) for n in "
         "'arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost'.split()]});"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from refers.base.errors import UserError
+from refers.base.host import usable_cores
 from refers.base.synthetic import mark_synthetic
 from refers.data.synth import covid, iu, mimic, nih, shenzhen, vinbig
 from refers.data.synth.io import NotSyntheticError, check_writable, finish_partial, marker_text, start_partial, write_gzip_text, write_text
@@ -61,11 +62,7 @@ def _keep_freed_memory() -> None:
 
 def default_workers() -> int:
     """Two processes where two cores are available: rendering is CPU-bound numpy."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(2, cores))
+    return max(1, min(2, usable_cores()))
 
 
 def generate(out: str | os.PathLike, studies: int, seed: int = 0, image_size: int = 128,

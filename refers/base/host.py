@@ -1,4 +1,5 @@
-"""Keep freed host memory in the process instead of handing it back to the kernel at every step.
+"""What a process takes from its host: the cores it may use, and malloc settings that keep freed
+memory in the process instead of handing it back to the kernel at every step.
 
 glibc's malloc serves large blocks (above a threshold it raises as it goes) with fresh ``mmap``s
 and returns the top of the heap to the kernel when it frees; a training step that allocates and
@@ -26,6 +27,15 @@ _MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to 32 MiB come from the
 _TRIM_THRESHOLD = 1 << 30
 _TOP_PAD = 64 << 20
 _done = False
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or ``taskset`` narrows;
+    ``os.cpu_count()`` where the platform has no affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def user_tuned_malloc() -> bool:
