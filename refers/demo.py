@@ -7,11 +7,12 @@ commands are appended to ``<out>/commands.sh`` (runnable from the project root) 
 1. ``refers synth``: synthetic studies in the five datasets' official layouts;
 2. ``refers prepare``: MIMIC pre-training lists, the four downstream datasets, 1%/10% fractions, a pack
    of the NIH-format images (``refers prepare pack``);
-3. ``refers tokenizer train`` and ``Pre-train/pretrain_refers.py`` (the demo preset);
+3. ``refers tokenizer train`` and ``Pre-train/pretrain_refers.py`` (the demo preset); beside it
+   ``refers sweep --arms scratch``, fine-tuning and testing from random weights, which needs no pre-training;
 4. ``refers export``: the image encoder for fine-tuning;
-5. ``refers sweep``: fine-tuning from the export and from scratch (and, with ``--full``, from the
-   ablation's pre-training arms: caption_only, contrast_only, shuffled, two_view), each arm's candidate (learning rate, linear
-   probe or full fine-tuning) chosen on validation, then ``test.py``;
+5. ``refers sweep --arms REFERS ...``: fine-tuning from the export (and, with ``--full``, from the
+   ablation's pre-training arms: caption_only, contrast_only, shuffled, two_view); each arm's candidate
+   (learning rate, linear probe or full fine-tuning) is chosen on validation, then ``test.py`` runs;
 6. ``refers export --dual-encoder``, ``refers zeroshot`` on the NIH-format test set (no labels used)
    and ``refers retrieval`` on the MIMIC-style test studies, into the results tree;
 7. ``refers results``: the table, confidence intervals and ROC figures (zero-shot and retrieval too);
@@ -81,9 +82,10 @@ class Profile:
         validations: pre-training validations (checkpoints) over the run.
         cpu_workers: data-loading processes of pre-training (0: load in the training process, the
             fastest on 2 cores, where a loader process takes a core from the matrix products).
-        pretrain_jobs: pre-training arms run at a time, the cores shared out between them as threads
-            (the arms are independent; on 2 cores two one-thread runs keep both busy while each
-            loads its batches, where one two-thread run leaves a core idle).
+        pretrain_jobs: stage 3's jobs run at a time (the pre-training arms, then the sweep of the arms
+            that need no pre-training), the cores shared out between them as threads (the jobs are
+            independent; on 2 cores two one-thread runs keep both busy while each loads its
+            batches, where one two-thread run leaves a core idle).
         bootstrap: resamples of ``refers results``' confidence intervals.
         workers: processes of ``refers synth`` / ``refers prepare``.
     """
@@ -134,7 +136,8 @@ def load_profile(name: str, studies: int | None = None) -> Profile:
         load_config(root / profile.pretrain_config, overrides)
     except ConfigError as error:
         raise ConfigError(f"{path}: pretrain_config and pretrain_overrides: {error}") from None
-    load_sweep(root / profile.sweep, placeholders={"${OUT}": "demo_out"})  # a stand-in: the real folder is filled in at the sweep stage
+    # A stand-in folder (the real one is filled in when the demo runs); the pre-trained arms are the sweep's.
+    load_sweep(root / profile.sweep, placeholders={"${OUT}": "demo_out"}, arms=["REFERS", *profile.ablation])
     return profile
 
 
@@ -305,8 +308,10 @@ class Demo:
         return ["REFERS", *self.profile.ablation]
 
     def pretrain(self) -> None:
+        beside = self.arms_beside_pretraining()
         self.stage("report tokenizers and REFERS pre-training (demo preset on the tiny CPU model)"
-                   + (f", then the ablation arms {', '.join(self.profile.ablation)}" if self.profile.ablation else ""))
+                   + (f", then the ablation arms {', '.join(self.profile.ablation)}" if self.profile.ablation else "")
+                   + (f"; beside it, fine-tuning and testing {', '.join(beside)} (no pre-training needed)" if beside else ""))
         from refers.config import load_config
 
         config = self.root / self.profile.pretrain_config
@@ -317,11 +322,14 @@ class Demo:
         every = str(max(1, cfg.OPTIM.NUM_ITERATIONS // self.profile.validations))
         # The longest arms (two views a study) first, so that the last one to start is a short one.
         arms = sorted(self.pretrained_arms(), key=lambda arm: -ABLATION_ARMS.get(arm, {}).get("DATA.NUM_VIEWS", 1))
-        self.run_together([([self.python, "Pre-train/pretrain_refers.py", "--config", config,
-                             "--config-override", *self.pretrain_overrides(arm),
-                             "--serialization-dir", self.path("pretrain", arm), "--num-gpus-per-machine", "0",
-                             "--cpu-workers", str(self.profile.cpu_workers), "--checkpoint-every", every, "--no-export"],
-                            f"pretrain-{arm}") for arm in arms], self.profile.pretrain_jobs)
+        jobs = [([self.python, "Pre-train/pretrain_refers.py", "--config", config,
+                  "--config-override", *self.pretrain_overrides(arm),
+                  "--serialization-dir", self.path("pretrain", arm), "--num-gpus-per-machine", "0",
+                  "--cpu-workers", str(self.profile.cpu_workers), "--checkpoint-every", every, "--no-export"],
+                 f"pretrain-{arm}") for arm in arms]
+        if beside:  # the shortest job: last
+            jobs.append(([self.python, "-m", "refers", "sweep", self.write_sweep(), "--arms", *beside], "sweep-beside"))
+        self.run_together(jobs, self.profile.pretrain_jobs)
 
     def last_checkpoint(self, arm: str) -> Path:
         """The latest ``checkpoint_{iteration}.pth`` of a pre-training run."""
@@ -338,15 +346,27 @@ class Demo:
         for arm in self.pretrained_arms():
             self.refers("export", self.last_checkpoint(arm), "--out", self.encoder(arm), log=f"export-{arm}")
 
-    def finetune(self) -> None:
-        self.stage("fine-tuning and testing: " + " vs ".join([*self.pretrained_arms(), "scratch"])
-                   + " (candidates chosen on validation per arm)")
+    def write_sweep(self) -> Path:
+        """``<out>/sweep.yaml``: the profile's sweep file with ``${OUT}`` filled in."""
         from refers.sweep import fill_placeholders, read_sweep_file
 
         resolved = fill_placeholders(read_sweep_file(self.root / self.profile.sweep), {"${OUT}": str(self.out)})
         sweep = self.path("sweep.yaml")
         atomic_write_text(sweep, f"# {self.profile.sweep} with ${{OUT}} = {self.out}\n" + yaml.safe_dump(resolved, sort_keys=False))
-        self.refers("sweep", sweep, log="sweep")
+        return sweep
+
+    def arms_beside_pretraining(self) -> list[str]:
+        """The sweep's arms that need none of the demo's pre-training (scratch): they fine-tune while it runs."""
+        from refers.sweep import declared_arms, read_sweep_file
+
+        path = self.root / self.profile.sweep
+        return [arm for arm in declared_arms(read_sweep_file(path), str(path)) if arm not in self.pretrained_arms()]
+
+    def finetune(self) -> None:
+        beside = self.arms_beside_pretraining()
+        self.stage("fine-tuning and testing: " + " vs ".join([*self.pretrained_arms(), *beside])
+                   + " (candidates chosen on validation per arm" + (f"; {', '.join(beside)} ran in stage 3" if beside else "") + ")")
+        self.refers("sweep", self.write_sweep(), "--arms", *self.pretrained_arms(), log="sweep")
 
     def dual_encoder(self) -> Path:
         return self.path("checkpoints", "REFERS", "dual_encoder")

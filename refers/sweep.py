@@ -30,7 +30,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from refers.base.paths import is_safe_name, project_root
 from refers.config.engine import ConfigError, Spec, check_keys, mapping, read_yaml, unknown_key
@@ -106,6 +106,7 @@ class SweepConfig:
     launcher: list[str] = field(default_factory=lambda: [sys.executable])
     execution: str = "subprocess"
     raw: dict[str, Any] = field(default_factory=dict)
+    arms: tuple[str, ...] | None = None  # only these of the file's arms (``refers sweep --arms``); None: all
 
     @property
     def log_path(self) -> Path:
@@ -147,7 +148,7 @@ def fill_placeholders(value: Any, placeholders: Mapping[str, str]) -> Any:
 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None,
-                placeholders: Mapping[str, str] | None = None) -> SweepConfig:
+                placeholders: Mapping[str, str] | None = None, arms: Sequence[str] | None = None) -> SweepConfig:
     """Read and check a sweep file.
 
     Relative paths (``workdir``, ``output_dir``, ``results_dir``) resolve from the project root, as
@@ -159,6 +160,7 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
         overrides: top-level keys that replace the file's (e.g. ``{"output_dir": ...}`` from the CLI).
         placeholders: filled in before the checks (a template such as the demo's ``${OUT}``); any
             ``${...}`` left after that is refused.
+        arms: plan only these of the file's arms (each must be declared); None: all of them.
 
     Raises:
         FileNotFoundError: no such file.
@@ -172,6 +174,10 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
         check_sweep(raw, str(source))
     except ConfigError as error:
         raise SweepConfigError(str(error)) from None
+    if arms is not None:
+        for arm in arms:
+            if arm not in declared_arms(raw, str(source)):
+                raise SweepConfigError(str(unknown_key(f"{source}: --arms", arm, declared_arms(raw, str(source)), noun="arm")))
     root = project_root()
 
     def resolve(key: str, default: str) -> Path:
@@ -186,11 +192,12 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     config = SweepConfig(
         source=source, name=str(raw.get("name", source.stem)), workdir=resolve("workdir", "."),
         output_dir=resolve("output_dir", f"runs/sweep/{source.stem}"), results_dir=resolve("results_dir", "Results_of_fine-tuning"),
-        entry=entry, launcher=launcher, execution=execution, raw=raw,
+        entry=entry, launcher=launcher, execution=execution, raw=raw, arms=None if arms is None else tuple(arms),
     )
     runs = plan_training(config)
     if not runs:
-        raise SweepConfigError(f"{source}: the grid is empty (no datasets, fractions or arms)")
+        chosen = "" if arms is None else f" of the arms {', '.join(arms)} (--arms)"
+        raise SweepConfigError(f"{source}: the grid{chosen} is empty (no datasets, fractions or arms)")
     check_commands(config, runs)
     return config
 
@@ -214,7 +221,7 @@ def check_sweep(raw: Mapping[str, Any], where: str) -> None:
         if not is_safe_name(str(arm)):  # the arm is test.py's --method: a folder of the results tree
             raise SweepConfigError(f"{where}: arms: {arm!r} must be one folder name of letters, digits, '_', '.' or '-'")
         _check_level(section, where, f"arms.{arm}", LEVEL_KEYS)
-    declared = list(_mapping(raw.get("arms"), f"{where}: arms")) or ["REFERS"]
+    declared = declared_arms(raw, where)
     for name, section in _mapping(raw.get("datasets"), f"{where}: datasets").items():
         at = f"datasets.{name}"
         section = _check_level(section, where, at, DATASET_KEYS)
@@ -226,6 +233,11 @@ def check_sweep(raw: Mapping[str, Any], where: str) -> None:
         for percent, level in _mapping(section.get("by_fraction"), f"{where}: {at}.by_fraction").items():
             FRACTION.check(f"{at}.by_fraction", int(percent) if str(percent).isdigit() else percent, where)
             _check_level(level, where, f"{at}.by_fraction.{percent}", LEVEL_KEYS)
+
+
+def declared_arms(raw: Mapping[str, Any], where: str) -> list[str]:
+    """The arms a sweep file declares, in file order (``REFERS`` alone when it declares none)."""
+    return list(_mapping(raw.get("arms"), f"{where}: arms")) or ["REFERS"]
 
 
 _PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
@@ -377,7 +389,7 @@ def _seeds(levels: list[dict], percent: int) -> list[int]:
 
 
 def groups(config: SweepConfig) -> list[tuple[str, int, str]]:
-    """Every (dataset, percent, arm) of the grid, in file order.
+    """Every (dataset, percent, arm) of the grid, in file order (of ``config.arms`` only, when set).
 
     Raises:
         SweepConfigError: for an unknown dataset name or a malformed section.
@@ -385,7 +397,7 @@ def groups(config: SweepConfig) -> list[tuple[str, int, str]]:
     raw = config.raw
     out = []
     datasets = _mapping(raw.get("datasets"), f"{config.source}: datasets")
-    arms = list(_mapping(raw.get("arms"), f"{config.source}: arms")) or ["REFERS"]
+    arms = [arm for arm in declared_arms(raw, str(config.source)) if config.arms is None or arm in config.arms]
     for name, section in datasets.items():
         try:
             spec = get_dataset(str(name))

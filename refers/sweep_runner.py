@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import json
 import logging
 import os
@@ -33,8 +34,9 @@ from typing import Callable, Sequence
 
 from refers.base.atomic import atomic_write_text
 from refers.base.earlier_runs import existing
+from refers.base.errors import UserError
 from refers.finetune.run_files import checkpoint_paths, run_outputs
-from refers.sweep import Run, SweepConfig, command_line, in_process_argv, plan_test, plan_training, train_option
+from refers.sweep import Run, SweepConfig, command_line, groups, in_process_argv, plan_test, plan_training, train_option
 
 RECORD = "sweep_record.json"  # written into a training run's folder once it has finished
 
@@ -386,9 +388,41 @@ def recorded_score(run: Run) -> float | None:
     return None if value is None else float(value)
 
 
+def selection_path(config: SweepConfig) -> Path:
+    return config.output_dir / "selection.json"
+
+
+def read_selection(config: SweepConfig) -> dict[tuple[str, int, str], dict]:
+    """The chosen candidate of each group, as ``selection.json`` holds it (empty when there is none).
+
+    Raises:
+        UserError: a file that is not the sweep's list of choices (naming it).
+    """
+    path = selection_path(config)
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return {(row["dataset"], int(row["percent"]), row["arm"]): row for row in rows}
+    except (ValueError, TypeError, KeyError) as error:
+        raise UserError(f"{path}: not a sweep's selection file ({error}); remove it and run the sweep again, "
+                        "which writes it from the finished runs") from None
+
+
 def write_selection(config: SweepConfig, selected: dict) -> None:
-    rows = [{"dataset": d, "percent": p, "arm": a, **choice} for (d, p, a), choice in selected.items()]
-    atomic_write_text(config.output_dir / "selection.json", json.dumps(rows, indent=2) + "\n")
+    """``selection.json``: this sweep's choices, and the earlier choices of the file's other groups.
+
+    A sweep of some arms (``--arms``) keeps what a sweep of the others chose; the file is read and
+    replaced under a lock, so that two such sweeps may end at the same time.
+    """
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    with open(config.output_dir / ".selection.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        order = {group: i for i, group in enumerate(groups(replace(config, arms=None)))}  # the file's grid
+        rows = {group: row for group, row in read_selection(config).items() if group in order}
+        rows.update({(d, p, a): {"dataset": d, "percent": p, "arm": a, **choice} for (d, p, a), choice in selected.items()})
+        chosen = [rows[group] for group in sorted(rows, key=order.__getitem__)]
+        atomic_write_text(selection_path(config), json.dumps(chosen, indent=2) + "\n")
 
 
 def print_plan(config: SweepConfig, train_runs: list[Run], print_fn: Callable[[str], None]) -> None:

@@ -7,7 +7,6 @@ Read from the run folders (the sweep's record, the checkpoint, the test summary,
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
@@ -15,7 +14,7 @@ from typing import Callable
 from refers.slurm.jobs import read_exit
 from refers.slurm.queue import ACTIVE, WAITING, job_states
 from refers.sweep import Run, SweepConfig, plan_training
-from refers.sweep_runner import exit_path, recorded_job, result_summary_path, selected_tests, train_done
+from refers.sweep_runner import exit_path, read_selection, recorded_job, result_summary_path, selected_tests, train_done
 
 # The order the summary line counts them in.
 STATES = ("finished", "running", "submitted", "failed", "waiting", "not started", "unknown")
@@ -56,11 +55,7 @@ def sweep_status(config: SweepConfig) -> list[RunStatus]:
     """Every training run, then the test runs of the groups whose candidate has been chosen."""
     train_runs = plan_training(config)
     job_ids = [j for run in train_runs if (j := recorded_job(run))]
-    selection_file = config.output_dir / "selection.json"
-    selected = {}
-    if selection_file.is_file():
-        for row in json.loads(selection_file.read_text(encoding="utf-8")):
-            selected[(row["dataset"], int(row["percent"]), row["arm"])] = row
+    selected = read_selection(config)
     tests = selected_tests(config, train_runs, selected)
     job_ids += [j for run in tests if (j := recorded_job(run))]
     states = job_states(job_ids)

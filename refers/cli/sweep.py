@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples: configs/sweep/paper.yaml (the paper's grid on real data), configs/sweep/demo.yaml (the demo's).",
     )
     p.add_argument("config", help="sweep file (YAML); see configs/sweep/")
+    p.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                   help="run only these of the file's arms (e.g. --arms scratch); the others' choices in selection.json are kept")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     p.add_argument("--status", action="store_true",
                    help="say where every command stands (finished, running, submitted, failed, not started) and exit")
@@ -66,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = {"output_dir": args.output_dir, "results_dir": args.results_dir,
                  "execution": "in-process" if args.in_process else None}
-    config = load_config(args.config, overrides)  # checked before anything runs: a ConfigError exits 2
+    config = load_config(args.config, overrides, arms=args.arms)  # checked before anything runs: a ConfigError exits 2
     resources = _slurm_resources(args, config)
     if args.status:
         from refers.sweep_status import print_status

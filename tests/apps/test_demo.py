@@ -119,6 +119,12 @@ def test_results_and_command_log(demo_out):
                    "--dual-encoder", "refers zeroshot"):
         assert needle in commands, needle
     assert subprocess.run(["sh", "-n", str(demo_out / "commands.sh")]).returncode == 0
+    # scratch needs no pre-training: its sweep ran in stage 3 beside it (the quick profile: two jobs at a
+    # time), the pre-trained arm's in stage 5; both choices are in the one selection.json (checked above)
+    assert "refers sweep" in commands and commands.index("--arms scratch") < commands.index("--arms REFERS")
+    stage3 = commands.split("# [3/")[1].split("# [4/")[0]
+    assert "--arms scratch" in stage3 and "Pre-train/pretrain_refers.py" in stage3
+    assert set(json.loads((demo_out / "summary.json").read_text())["stage_seconds"]) >= {"pretrain-REFERS", "sweep-beside", "sweep"}
     sweep_log = (demo_out / "finetune" / "commands.log").read_text()
     assert "Fine-tune/NIH_ChestX-ray/train.py" in sweep_log and "Fine-tune/NIH_ChestX-ray/test.py" in sweep_log
     assert "--freeze_backbone" in sweep_log

@@ -234,6 +234,35 @@ def test_sweep_selects_on_mean_validation_auc_and_tests_only_the_choice(tmp_path
     assert "reusing 10 finished training run(s)" in out and "4 test result(s) already exist" in out
 
 
+def test_a_sweep_of_some_arms_runs_only_them_and_keeps_the_others_choices(tmp_path, monkeypatch, capsys):
+    """`--arms scratch` then `--arms REFERS` (the demo runs scratch beside pre-training): the same
+    commands and the same selection.json as one sweep of both arms."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command(calls))
+    for folder in ("whole", "split"):
+        (tmp_path / folder).mkdir()
+    whole = small_grid(tmp_path / "whole")
+    assert main([str(whole)]) == 0
+    whole_calls, calls[:] = list(calls), []
+    split = small_grid(tmp_path / "split")
+    assert main([str(split), "--arms", "scratch"]) == 0
+    assert {option(tuple(c), "name").split("_")[2] for c in calls} == {"scratch"}
+    assert [row["arm"] for row in json.loads((tmp_path / "split" / "runs" / "selection.json").read_text())] == ["scratch"]
+    assert main([str(split), "--arms", "REFERS"]) == 0
+    assert "reusing" not in capsys.readouterr().out  # the REFERS sweep planned no scratch run
+    assert sorted(calls) == sorted(json.loads(json.dumps(whole_calls).replace("/whole/", "/split/")))
+    read = lambda folder: json.loads((tmp_path / folder / "runs" / "selection.json").read_text())  # noqa: E731
+    assert read("split") == read("whole")  # both arms, in the file's order
+    # --status of one arm shows only its runs
+    assert main([str(split), "--arms", "REFERS", "--status"]) == 0
+    status = capsys.readouterr().out
+    assert "REFERS" in status and "scratch" not in status
+    # A misspelt arm is refused before anything runs, with the nearest name
+    calls.clear()
+    assert main([str(split), "--arms", "scrach"]) == 2
+    assert "unknown arm 'scrach' (did you mean 'scratch'" in capsys.readouterr().err and calls == []
+
+
 def test_failed_runs_are_reported_and_excluded(tmp_path, monkeypatch, capsys):
     calls: list[list[str]] = []
     # REFERS seed 1 at lr 0.01 fails: that rate has no score for every seed, so 0.1 is chosen.
