@@ -70,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "execution": "in-process" if args.in_process else None}
     config = load_config(args.config, overrides, arms=args.arms)  # checked before anything runs: a ConfigError exits 2
     resources = _slurm_resources(args, config)
+    if not args.dry_run:
+        from refers.sweep_runner import read_selection
+
+        read_selection(config)  # a broken selection.json is named before any run starts, not after the training
     if args.status:
         from refers.sweep_status import print_status
 

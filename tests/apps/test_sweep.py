@@ -263,6 +263,19 @@ def test_a_sweep_of_some_arms_runs_only_them_and_keeps_the_others_choices(tmp_pa
     assert "unknown arm 'scrach' (did you mean 'scratch'" in capsys.readouterr().err and calls == []
 
 
+def test_a_broken_selection_file_is_named_before_anything_runs(tmp_path, monkeypatch, capsys):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command(calls))
+    path = small_grid(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for broken in ("{not json", '[{"dataset": "NIH_ChestX-ray"}]', '{"arm": "REFERS"}'):
+        (tmp_path / "runs" / "selection.json").write_text(broken)
+        assert main([str(path), "--arms", "scratch"]) == 1
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'runs' / 'selection.json'}: not a sweep's selection file" in err and "Traceback" not in err
+        assert calls == []
+
+
 def test_failed_runs_are_reported_and_excluded(tmp_path, monkeypatch, capsys):
     calls: list[list[str]] = []
     # REFERS seed 1 at lr 0.01 fails: that rate has no score for every seed, so 0.1 is chosen.
