@@ -5,13 +5,18 @@ again there would overwrite them one by one as the new run goes, leaving a mix o
 command refuses, naming how to continue the earlier run (``--resume``, ``--resume auto``) or to
 replace it (``--overwrite``, which removes the earlier run's files first, so no stale best
 checkpoint or later-iteration checkpoint of the old run survives beside the new ones).
+
+Results folders (tests, zero-shot, retrieval) are different: running again with the same inputs
+replaces their own results, so they record what they were made from and refuse only other inputs
+(``check_recorded_inputs``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from refers.base.errors import UserError
 
@@ -54,3 +59,34 @@ def claim_run_folder(earlier: Iterable[Path], *, where: str, instead: str, overw
             else:
                 path.unlink(missing_ok=True)
     return found
+
+
+def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mapping[str, str], *, results: str,
+                          instead: str, overwrite: bool) -> None:
+    """Refuse (exit 2) to replace results that ``record`` says were made from other inputs, unless ``overwrite``.
+
+    Args:
+        record: the JSON file the earlier results wrote beside themselves; each input is recorded under
+            its key as ``{"path": ..., "sha256": ...}``. No such file: nothing to protect.
+        inputs: key -> sha256 of this run's inputs (e.g. ``"checkpoint"``, ``"test_list"``).
+        other: key -> how the message names a different one (``"another checkpoint"``).
+        results: what the folder holds, for the message (``"zero-shot results"``).
+        instead: what else the user can do (``"write into another --results_dir or --method"``).
+        overwrite: the user passed ``--overwrite``.
+
+    An unreadable record is not provably of the same inputs, so it is refused too.
+    """
+    if overwrite or not record.is_file():
+        return
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+    except ValueError:  # also a byte that is not UTF-8
+        recorded = None
+    for key, sha in inputs.items():
+        try:
+            same, named = recorded[key]["sha256"] == sha, recorded[key]["path"]
+        except (KeyError, TypeError):  # no such entry, or no mapping (also an unreadable file: None)
+            same, named = False, f"unreadable {record.name}"
+        if not same:
+            raise UserError(f"{record.parent} holds {results} made with {other[key]} ({named}); {instead}, "
+                            "or replace them with --overwrite", 2)

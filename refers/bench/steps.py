@@ -118,12 +118,12 @@ class BareLoop:
     def __init__(self, model: nn.Module, lr: float, warmup: int, steps: int, max_grad_norm: float,
                  device: torch.device, precision: str):
         from refers.engine.precision import named_precision
-        from refers.finetune.train import build_scheduler
+        from refers.engine.optim import warmup_schedule
 
         self.model, self.device = model, device
         self.precision = named_precision(precision, device)  # autocast and the scaler, as every run gets them
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        self.scheduler = build_scheduler(self.optimizer, "cosine", warmup, steps)
+        self.scheduler = warmup_schedule(self.optimizer, "cosine", warmup, steps)
         self.scaler = self.precision.scaler
         self.max_grad_norm = max_grad_norm
 
@@ -162,7 +162,8 @@ def finetune_benchmark(preset: Preset, device: torch.device, precision: str, bat
     from refers.engine.precision import named_precision
     from refers.engine.step import OptimStep
     from refers.finetune.model import build_classifier
-    from refers.finetune.train import build_scheduler, classification_loss
+    from refers.engine.optim import warmup_schedule
+    from refers.finetune.train import classification_loss
 
     batch = batch_size or preset.batch_size
     torch.manual_seed(0)
@@ -181,7 +182,7 @@ def finetune_benchmark(preset: Preset, device: torch.device, precision: str, bat
     total_steps = warmup + 2 * steps * repeats + 10
     params = [p for p in ours_model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=3e-2, momentum=0.9)
-    scheduler = build_scheduler(optimizer, "cosine", 1, total_steps)
+    scheduler = warmup_schedule(optimizer, "cosine", 1, total_steps)
     ours_step = OptimStep(ours_model, classification_loss, optimizer, scheduler, named_precision(precision, device),
                           params, clip_norm=1.0)
     batches = itertools.repeat((ours_images, targets, torch.arange(batch)))

@@ -31,6 +31,7 @@ import torch
 
 from refers.base.atomic import atomic_write_text, check_output_dir
 from refers.base.digest import sha256_file
+from refers.base.earlier_runs import check_recorded_inputs
 from refers.base.errors import ListFormatError, UserError
 from refers.base.paths import results_dir
 from refers.base.synthetic import is_synthetic, mark_synthetic
@@ -117,7 +118,9 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
     folder = Path(out) if out else default_out(index, method)
     check_output_dir(folder, "--out")
     digest, index_sha = model_digest(model_path), sha256_file(index)
-    _check_earlier(folder, {"model": digest, "studies": index_sha}, overwrite)
+    check_recorded_inputs(folder / RESULT_JSON, {"model": digest, "studies": index_sha},
+                          {"model": "another model", "studies": "another study index"}, results="retrieval results",
+                          instead="write into another --out", overwrite=overwrite)
     usable, classes = read_studies(index, data_root)
     encoder = load_dual_encoder(model_path, device=run_device)
     images = encoder.encode_studies([s.images for s in usable], [s.views for s in usable], batch_size=batch_size,
@@ -152,28 +155,6 @@ def _five_by_200(images, reports, labels, classes, per_class: int, bootstrap: in
     rows = torch.as_tensor(chosen, dtype=torch.long)
     metrics = retrieval_report(images[rows], reports[rows], [frozenset([n]) for n in names], bootstrap=bootstrap, seed=seed)
     return {"per_class": per_class, "classes": list(CHEXPERT_5), "counts": counts, "seed": seed, **metrics}
-
-
-def _check_earlier(folder: Path, inputs: dict[str, str], overwrite: bool) -> None:
-    """Refuse (exit 2) to replace the retrieval results of another model or study index (``inputs``:
-    ``model`` / ``studies`` -> sha256) unless ``overwrite``."""
-    path = folder / RESULT_JSON
-    if overwrite or not path.is_file():
-        return
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:  # also a byte that is not UTF-8
-        recorded = None
-    for key, sha in inputs.items():
-        try:
-            earlier = recorded[key]
-            same, named = earlier["sha256"] == sha, earlier["path"]
-        except (KeyError, TypeError):  # no such entry, or no mapping (also an unreadable file: None)
-            same, named = False, f"unreadable {RESULT_JSON}"
-        if not same:
-            what = "another model" if key == "model" else "another study index"
-            raise UserError(f"{folder} holds the retrieval results of {what} ({named}); write into another --out, "
-                            "or replace them with --overwrite", 2)
 
 
 def write_outputs(folder: Path, result: dict[str, Any]) -> None:

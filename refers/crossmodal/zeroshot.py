@@ -23,6 +23,7 @@ import numpy as np
 
 from refers.base.atomic import atomic_write_text, check_output_dir
 from refers.base.digest import sha256_file
+from refers.base.earlier_runs import check_recorded_inputs
 from refers.base.errors import UserError
 from refers.base.paths import check_method, results_dir
 from refers.base.synthetic import mark_synthetic
@@ -34,7 +35,7 @@ from refers.eval.predictions import write_prediction_files
 from refers.eval.tree import ZERO_SHOT_FOLDER as GROUP  # the task folder that stands where test.py writes data<volume>
 from refers.eval.zeroshot import paired_prompt_probability, prompt_set_embedding
 from refers.finetune.data import locate_images, read_targets, resolve_data
-from refers.finetune.testing import BOOTSTRAP_RESAMPLES, TestOutcome, check_earlier_results, finite, summary_text, write_roc
+from refers.finetune.testing import BOOTSTRAP_RESAMPLES, TestOutcome, finite, summary_text, write_roc
 from refers.text.prompts import default_prompt_file, read_prompts
 
 logger = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
     digest = model_digest(model_path)
     test_file = find_split_file(setup.list_dir, "test")
     inputs = {"prompts": (prompt_file, sha256_file(prompt_file)), "test_list": (test_file, sha256_file(test_file))}
-    check_earlier_results(folder, digest, overwrite)
-    _check_earlier_inputs(folder, inputs, overwrite)
+    check_recorded_inputs(folder / "run_record.json", {"checkpoint": digest, **{k: sha for k, (_, sha) in inputs.items()}},
+                          OTHER_INPUTS, results="zero-shot results",
+                          instead="write into another --results_dir or --method", overwrite=overwrite)
     targets = read_targets(setup, test_file)
     files, _ = locate_images(targets, setup.image_roots, skip_missing=False)
     encoder = load_dual_encoder(model_path, device=run_device)
@@ -137,26 +139,10 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
     return outcome
 
 
+# How a refusal names each input that differs from the earlier results' (see check_recorded_inputs).
+OTHER_INPUTS = {"checkpoint": "another checkpoint", "prompts": "other prompts", "test_list": "another test list"}
+
+
 def _trained_on_synthetic(encoder) -> bool:
     provenance = getattr(encoder, "provenance", None) or {}
     return bool(provenance.get("synthetic_data"))
-
-
-INPUT_NAMES = {"prompts": "other prompts", "test_list": "another test list"}
-
-
-def _check_earlier_inputs(folder: Path, inputs: dict[str, tuple[Path, str]], overwrite: bool) -> None:
-    """Refuse (exit 2) to replace zero-shot results made with another prompt file or test list
-    (``inputs``: record key -> (file, sha256)) unless ``overwrite``."""
-    record = folder / "run_record.json"
-    if overwrite or not record.is_file():
-        return
-    try:
-        earlier = json.loads(record.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        earlier = {}
-    for key, (_, sha) in inputs.items():
-        before = earlier.get(key) if isinstance(earlier, dict) and isinstance(earlier.get(key), dict) else {}
-        if before.get("sha256") != sha:
-            raise UserError(f"{folder} holds zero-shot results made with {INPUT_NAMES[key]} ({before.get('path', 'unknown')}); "
-                            "write into another --results_dir or --method, or replace them with --overwrite", 2)

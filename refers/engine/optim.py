@@ -124,10 +124,12 @@ def build_optimizer(model: nn.Module, settings: OptimSettings) -> torch.optim.Op
     return Lookahead(inner, alpha=settings.lookahead_alpha, k=settings.lookahead_k)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 0 over ``warmup_steps``, then decay to 0 at ``num_iterations``.
+def warmup_schedule(optimizer: torch.optim.Optimizer, decay: str, warmup_steps: int,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 over ``warmup_steps``, then decay to 0 at ``total_steps``.
 
-    ``settings.decay``: "cosine" (the recipe), "linear" or "none" (constant after warm-up).
+    ``decay``: "cosine" (half a period, the recipe), "linear" or "none" (constant after warm-up);
+    pre-training and fine-tuning both schedule through here (ViT-pytorch's schedules, via transformers).
     Call ``scheduler.step()`` once per iteration, after ``optimizer.step()``.
     """
     from transformers import (
@@ -136,10 +138,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings) -
         get_linear_schedule_with_warmup,
     )
 
-    if settings.decay == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.num_iterations)
-    if settings.decay == "linear":
-        return get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.num_iterations)
-    if settings.decay == "none":
-        return get_constant_schedule_with_warmup(optimizer, settings.warmup_steps)
-    raise ValueError(f"OPTIM.LR_DECAY_NAME must be cosine, linear or none, got {settings.decay!r}")
+    if decay == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    if decay == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    if decay == "none":
+        return get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    raise ValueError(f"the learning-rate decay must be cosine, linear or none, got {decay!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings) -> torch.optim.lr_scheduler.LambdaLR:
+    """Pre-training's schedule: ``OPTIM.LR_DECAY_NAME`` over ``num_iterations`` (see ``warmup_schedule``)."""
+    return warmup_schedule(optimizer, settings.decay, settings.warmup_steps, settings.num_iterations)

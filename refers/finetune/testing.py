@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from refers.base.atomic import atomic_write_text, check_output_dir
-from refers.base.errors import UserError
+from refers.base.earlier_runs import check_recorded_inputs
 from refers.data.lists import find_split_file
 from refers.engine.distributed import DistInfo
 from refers.base.synthetic import mark_synthetic
@@ -65,7 +65,9 @@ def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
     name = setup.dataset if setup.dataset != "custom" else setup.list_dir.resolve().name
     folder = Path(args.results_dir or results_dir()) / name / f"data{args.data_volume}" / args.method / f"seed{args.seed}"
     checkpoint_sha = sha256_file(args.pretrained_dir)
-    check_earlier_results(folder, checkpoint_sha, args.overwrite)
+    check_recorded_inputs(folder / "run_record.json", {"checkpoint": checkpoint_sha}, {"checkpoint": "another checkpoint"},
+                          results="test results", instead="test into another --results_dir or --method",
+                          overwrite=args.overwrite)
     test_file = find_split_file(setup.list_dir, "test")
     dataset, _ = build_dataset(setup, test_file, args.img_size, False, args.skip_bad_images, args.packed_cache)
     model.to(info.device)
@@ -87,22 +89,6 @@ def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
     if info.is_main:
         write_outputs(outcome, args, setup, result, test_file, info, checkpoint_sha)
     return outcome
-
-
-def check_earlier_results(folder: Path, checkpoint_sha: str, overwrite: bool) -> None:
-    """Refuse (exit 2) to replace the results of another checkpoint in ``folder`` unless ``overwrite``;
-    testing the same checkpoint again replaces its own results."""
-    record = folder / "run_record.json"
-    if overwrite or not record.is_file():
-        return
-    try:
-        earlier = json.loads(record.read_text(encoding="utf-8"))["checkpoint"]
-        same, named = earlier["sha256"] == checkpoint_sha, earlier["path"]
-    except (ValueError, KeyError, TypeError):  # unreadable: not provably the same checkpoint's
-        same, named = False, "unreadable run_record.json"
-    if not same:
-        raise UserError(f"{folder} holds the results of another checkpoint ({named}); test into another "
-                        "--results_dir or --method, or replace them with --overwrite", 2)
 
 
 def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_file: Path, info: DistInfo,

@@ -38,7 +38,7 @@ from refers.base.errors import UnreadableImageError, UserError
 from refers.base.synthetic import mark_synthetic
 from refers.data.device_transforms import to_model_input
 from refers.engine.distributed import DistInfo
-from refers.engine.optim import make_optimizer
+from refers.engine.optim import make_optimizer, warmup_schedule
 from refers.engine.precision import Precision, make_precision
 from refers.engine.run_info import write_run_info
 from refers.engine.run_log import RunLog
@@ -91,14 +91,6 @@ def check_outputs(args: argparse.Namespace, info: DistInfo) -> None:
                                leftovers=run_leftovers(args.log_dir))
     if removed and info.is_main:
         logger.warning("--overwrite: removed %d file(s) of the earlier run %s", len(removed), args.name)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, decay_type: str, warmup_steps: int, num_steps: int):
-    """Linear warm-up then cosine (half a period) or linear decay to 0 at ``num_steps`` (ViT-pytorch's schedules)."""
-    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
-
-    make = get_cosine_schedule_with_warmup if decay_type == "cosine" else get_linear_schedule_with_warmup
-    return make(optimizer, warmup_steps, num_steps)
 
 
 def batch_sizes(args: argparse.Namespace, info: DistInfo) -> tuple[int, int]:
@@ -184,7 +176,7 @@ class FinetuneRun:
         self.model.to(info.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, args.optimizer, args.learning_rate, args.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, args.decay_type, args.warmup_steps, args.num_steps)
+        self.scheduler = warmup_schedule(self.optimizer, args.decay_type, args.warmup_steps, args.num_steps)
         self.precision = make_precision(args.fp16, args.bf16, args.loss_scale, info.device, say=info.is_main,
                                         default="fp32" if args.fp32 else "bf16")
 

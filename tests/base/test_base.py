@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from refers.base.atomic import atomic_output, atomic_write_bytes, atomic_write_text
 from refers.base.checkpoints import atomic_torch_save, safe_load
+from refers.base.earlier_runs import check_recorded_inputs
 from refers.base.errors import ListFormatError, UserError
 from refers.base.synthetic import SYNTHETIC_MARKER, is_synthetic, mark_synthetic, stamp_synthetic, synthetic_marker
 
@@ -207,3 +209,27 @@ def test_malloc_keeps_freed_memory_once_and_leaves_a_users_tuning_alone():
     assert run("on") == ["True", "False", "0"]
     assert run("on", MALLOC_ARENA_MAX="2") == ["False", "False", "1"]
     assert run("on", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536") == ["False", "False", "1"]
+
+
+def test_results_are_replaced_only_by_a_run_of_the_same_recorded_inputs(tmp_path: Path) -> None:
+    record = tmp_path / "run_record.json"
+    other = {"checkpoint": "another checkpoint", "test_list": "another test list"}
+
+    def check(inputs: dict[str, str], overwrite: bool = False) -> None:
+        check_recorded_inputs(record, inputs, other, results="test results", instead="test elsewhere",
+                              overwrite=overwrite)
+
+    check({"checkpoint": "a"})  # no record yet: nothing to protect
+    record.write_text(json.dumps({"checkpoint": {"path": "/m/a.bin", "sha256": "a"},
+                                  "test_list": {"path": "/l/test.txt", "sha256": "t"}}), encoding="utf-8")
+    check({"checkpoint": "a", "test_list": "t"})  # the same inputs replace their own results
+    with pytest.raises(UserError) as refused:
+        check({"checkpoint": "a", "test_list": "u"})
+    assert refused.value.exit_code == 2
+    assert str(refused.value) == (f"{tmp_path} holds test results made with another test list (/l/test.txt); "
+                                  "test elsewhere, or replace them with --overwrite")
+    check({"checkpoint": "b"}, overwrite=True)
+    for broken in (b"\xff\xfe", b"[1, 2]", b'{"checkpoint": "a"}', b"{}"):  # not provably the same inputs
+        record.write_bytes(broken)
+        with pytest.raises(UserError, match=r"another checkpoint \(unreadable run_record.json\)"):
+            check({"checkpoint": "a"})

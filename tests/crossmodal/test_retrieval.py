@@ -113,7 +113,7 @@ def test_refers_retrieval_end_to_end(pretrain_run, prepared_lists, tmp_path, cap
     state["iteration"] = 5
     torch.save(state, other)
     assert refers_main.main([*args[:2], str(other), *args[3:]]) == 2
-    assert "retrieval results of another model" in capsys.readouterr().err
+    assert "retrieval results made with another model" in capsys.readouterr().err
 
 
 def test_retrieval_usage_errors(pretrain_run, tmp_path, capsys):
@@ -192,7 +192,7 @@ def test_method_device_and_another_index_are_refused_before_any_work(pretrain_ru
     index.write_bytes(b"\n".join(index.read_bytes().split(b"\n")[:-2]) + b"\n")  # one study fewer
     capsys.readouterr()
     assert refers_main.main([*base, "--out", str(results)]) == 2
-    _one_line(capsys.readouterr().err, "retrieval results of another study index")
+    _one_line(capsys.readouterr().err, "retrieval results made with another study index")
     assert (results / "retrieval.json").read_bytes() == before
     assert refers_main.main([*base, "--out", str(results), "--overwrite"]) == 0
     import hashlib

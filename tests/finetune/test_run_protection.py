@@ -147,7 +147,7 @@ def test_test_refuses_to_replace_another_checkpoints_results(datasets, tmp_path,
     capsys.readouterr()
     assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{folder} holds the results of another checkpoint ({Path(checkpoint['a']).resolve()})" in err[0]
+    assert len(err) == 1 and f"{folder} holds test results made with another checkpoint ({Path(checkpoint['a']).resolve()})" in err[0]
     assert "--overwrite" in err[0] and (folder / "Tuberculosis.txt").read_text() == first
     assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags, "--overwrite"]) == 0
     assert checkpoint["b"].split("/")[-1] in (folder / "summary.txt").read_text()
