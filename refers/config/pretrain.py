@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import yaml
 
 from refers.base.paths import project_root
+from refers.config.choices import OPTIMIZERS
 from refers.config.engine import ConfigError, Spec, did_you_mean, flatten, read_yaml, spec_of_default
 
 
@@ -236,7 +237,7 @@ RULES: dict[str, dict[str, Any]] = {
     "LOSS.CONTRAST_WEIGHT": _NON_NEGATIVE,
     "LOSS.TAU": _POSITIVE,
     "LOSS.LAMBDA": _UNIT,
-    "OPTIM.OPTIMIZER_NAME": {"choices": ("sgd", "adamw")},
+    "OPTIM.OPTIMIZER_NAME": {"choices": OPTIMIZERS},
     "OPTIM.BATCH_SIZE": _POSITIVE,
     "OPTIM.ACCUMULATION_STEPS": _POSITIVE,
     "OPTIM.LR": _POSITIVE,

@@ -19,6 +19,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from refers.config.choices import OPTIMIZERS
+
 # The recipe's no-decay rule (OPTIM.NO_DECAY), matched case-insensitively anywhere in the name.
 DEFAULT_NO_DECAY = ".*(norm.*|bias)"
 
@@ -95,8 +97,6 @@ def parameter_groups(
     order = ["main", "main_no_decay", "bert", "bert_no_decay"]
     return [groups[key] for key in order if key in groups]
 
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def make_optimizer(params: Iterable, name: str, lr: float, weight_decay: float = 0.0,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from refers.base.paths import project_root
+from refers.config.choices import OPTIMIZERS
 from refers.config.engine import ConfigError, Spec, check_keys, dataclass_specs, did_you_mean, mapping, read_yaml, unknown_key
 from refers.data.registry import FINETUNE_DATASETS
 
@@ -104,7 +105,7 @@ class FinetuneArgs:
     freeze_backbone: bool = _ours(False, "train the head only (linear probe)")
     optimizer: str = _ours("sgd", "sgd: momentum 0.9 (original); adamw: betas (0.9, 0.999), the usual choice for ViTs "
                            "trained from random weights (timm, DeiT); --learning_rate and --weight_decay then set AdamW's",
-                           choices=("sgd", "adamw"))
+                           choices=OPTIMIZERS)
     # = refers.data.device_transforms.ORIGINAL_MIN_CROP_AREA, not imported: the parser stays torch-free
     min_crop_area: float = _ours(0.08, "smallest random training crop, as a fraction of the image area (original: 0.08)",
                                  low=0, open_low=True, high=1)
