@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from refers.base.paths import is_safe_name, project_root
+from refers.base.paths import SAFE_NAME_RULE, is_safe_name, project_root
 from refers.config.engine import ConfigError, Spec, check_keys, mapping, read_yaml, unknown_key
 from refers.data.registry import get_dataset
 from refers.finetune.config import DATA_VOLUMES, check_flag_values, parse_args
@@ -219,7 +219,7 @@ def check_sweep(raw: Mapping[str, Any], where: str) -> None:
     _check_level(raw, where, "")
     for arm, section in _mapping(raw.get("arms"), f"{where}: arms").items():
         if not is_safe_name(str(arm)):  # the arm is test.py's --method: a folder of the results tree
-            raise SweepConfigError(f"{where}: arms: {arm!r} must be one folder name of letters, digits, '_', '.' or '-'")
+            raise SweepConfigError(f"{where}: arms: {arm!r} must be {SAFE_NAME_RULE}")
         _check_level(section, where, f"arms.{arm}", LEVEL_KEYS)
     declared = declared_arms(raw, where)
     for name, section in _mapping(raw.get("datasets"), f"{where}: datasets").items():

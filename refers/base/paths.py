@@ -16,6 +16,7 @@ from refers.base.errors import UserError
 
 # One folder or file name that stays where it is joined: letters, digits, ``_``, ``.``, ``-``.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+SAFE_NAME_RULE = "one folder name of letters, digits, '_', '.' or '-'"  # what a refusal asks for
 
 
 def project_root() -> Path:
@@ -55,7 +56,7 @@ def is_safe_name(name: str) -> bool:
 def check_method(method: str) -> str:
     """Refuse (exit 2) a ``--method`` that is not one folder name: every command joins it onto a results folder."""
     if not is_safe_name(method):
-        raise UserError(f"--method {method!r} must be one folder name of letters, digits, '_', '.' or '-'", 2)
+        raise UserError(f"--method {method!r} must be {SAFE_NAME_RULE}", 2)
     return method
 
 
