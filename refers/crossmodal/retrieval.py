@@ -78,13 +78,15 @@ def read_studies(path: Path, data_root: str | None):
     return usable, classes
 
 
-def label_matrix(studies, classes: list[str]) -> np.ndarray | None:
-    """[N, C] CheXpert values (NaN blank), or None when the index has no labels."""
-    rows = [s.labels for s in studies]
-    if any(r is None for r in rows):
-        return None
-    matrix = np.asarray(np.stack(rows), dtype=np.float64)
-    return matrix if matrix.shape[1] == len(classes) else None
+def label_matrix(studies, classes: list[str]) -> tuple[np.ndarray | None, str]:
+    """[N, C] CheXpert values (NaN blank), or None and why the same-findings metrics cannot be computed."""
+    unlabelled = sum(s.labels is None for s in studies)
+    if unlabelled:
+        return None, f"{unlabelled} of {len(studies)} studies have no CheXpert labels"
+    matrix = np.asarray(np.stack([s.labels for s in studies]), dtype=np.float64)
+    if matrix.shape[1] != len(classes):
+        return None, f"the studies have {matrix.shape[1]} labels each, not the {len(classes)} CheXpert classes"
+    return matrix, ""
 
 
 def finding_sets(labels: np.ndarray, classes: list[str]) -> list[frozenset]:
@@ -126,7 +128,9 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
     images = encoder.encode_studies([s.images for s in usable], [s.views for s in usable], batch_size=batch_size,
                                     progress=progress)
     reports = encoder.encode_reports([s.text for s in usable], progress=progress)
-    labels = label_matrix(usable, classes)
+    labels, unlabelled = label_matrix(usable, classes)
+    if labels is None:
+        logger.warning("%s: %s; the same-findings recalls and the 5x200 sample are not computed", index, unlabelled)
     sets = finding_sets(labels, classes) if labels is not None else None
     result: dict[str, Any] = {
         "synthetic": is_synthetic(index) or bool(getattr(encoder, "provenance", {}).get("synthetic_data")),
@@ -136,15 +140,19 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
         "bootstrap_resamples": bootstrap, "seed": seed, "git_commit": git_commit(),
         "all_studies": retrieval_report(images, reports, sets, bootstrap=bootstrap, seed=seed),
     }
-    result["chexpert_5x200"] = _five_by_200(images, reports, labels, classes, per_class, bootstrap, seed)
+    if labels is None:
+        result["all_studies"]["same_findings_skipped"] = unlabelled
+        result["chexpert_5x200"] = {"skipped": unlabelled}
+    else:
+        result["chexpert_5x200"] = _five_by_200(images, reports, labels, classes, per_class, bootstrap, seed)
     write_outputs(folder, result)
     return RetrievalOutcome(folder, result)
 
 
 def _five_by_200(images, reports, labels, classes, per_class: int, bootstrap: int, seed: int) -> dict[str, Any]:
     """The 5x200 protocol's sample and metrics, or the reason it could not be drawn."""
-    if labels is None or any(c not in classes for c in CHEXPERT_5):
-        return {"skipped": "the index has no CheXpert labels"}
+    if any(c not in classes for c in CHEXPERT_5):
+        return {"skipped": f"the classes lack {', '.join(c for c in CHEXPERT_5 if c not in classes)}"}
     chosen, names = sample_per_class(labels, classes, CHEXPERT_5, per_class, seed)
     counts = {c: names.count(c) for c in CHEXPERT_5}
     if len(chosen) < 2:

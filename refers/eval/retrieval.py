@@ -203,6 +203,8 @@ def retrieval_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {metric.replace('_', ' ')} | {_cell(part['image_to_report'].get(metric), metric != 'median_rank')} | "
                          f"{_cell(part['report_to_image'].get(metric), metric != 'median_rank')} | "
                          f"{'-' if chance is None else f'{100 * chance:.1f}'} |")
+        if "same_findings_skipped" in part:
+            lines += ["", f"Same-findings recall not computed: {part['same_findings_skipped']}."]
         lines.append("")
     return "\n".join(lines)
 

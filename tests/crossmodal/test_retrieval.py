@@ -91,7 +91,7 @@ def test_refers_retrieval_end_to_end(pretrain_run, prepared_lists, tmp_path, cap
     images = encoder.encode_studies([s.images for s in studies], [s.views for s in studies]).numpy()
     reports = encoder.encode_reports([s.text for s in studies]).numpy()
     ids_of: dict = {}
-    ids = [ids_of.setdefault(s, len(ids_of)) for s in finding_sets(label_matrix(studies, classes), classes)]
+    ids = [ids_of.setdefault(s, len(ids_of)) for s in finding_sets(label_matrix(studies, classes)[0], classes)]
     ranks, hits = _brute_force(images, reports, ids, 5)
     part = result["all_studies"]
     assert part["n"] == len(studies) == result["studies"]["used"]
@@ -198,3 +198,27 @@ def test_method_device_and_another_index_are_refused_before_any_work(pretrain_ru
     import hashlib
 
     assert json.loads((results / "retrieval.json").read_text())["studies"]["sha256"] == hashlib.sha256(index.read_bytes()).hexdigest()
+
+
+def test_an_index_with_unlabelled_studies_says_the_same_findings_recall_is_not_computed(pretrain_run, index_copy, tmp_path,
+                                                                                           capsys, caplog):
+    index, roots = index_copy
+    lines = index.read_bytes().split(b"\n")
+    record = json.loads(lines[1])
+    lines[1] = json.dumps({key: value for key, value in record.items() if key != "labels"}).encode()
+    index.write_bytes(b"\n".join(lines))
+    studies = sum(1 for line in lines if line.strip())
+    out = tmp_path / "out"
+    args = ["retrieval", "--model", str(pretrain_run / "checkpoint_4.pth"), "--studies", str(index), "--out", str(out),
+            "--bootstrap", "0", "--no-progress", *roots]
+    with caplog.at_level("WARNING"):
+        assert refers_main.main(args) == 0
+    reason = f"1 of {studies} studies have no CheXpert labels"
+    assert any(str(index) in r.getMessage() and reason in r.getMessage() for r in caplog.records), caplog.text
+    result = json.loads((out / "retrieval.json").read_text())
+    assert result["all_studies"]["same_findings_skipped"] == reason
+    assert result["chexpert_5x200"] == {"skipped": reason}
+    assert "R@5" in result["all_studies"]["image_to_report"]
+    assert not any(key.startswith("same_findings") for key in result["all_studies"]["image_to_report"])
+    markdown = (out / "retrieval.md").read_text()
+    assert f"Same-findings recall not computed: {reason}." in markdown and f"Not computed: {reason}." in markdown
