@@ -117,7 +117,6 @@ def load_profile(name: str, studies: int | None = None) -> Profile:
         ConfigError: an unknown key (with the nearest one), a wrong type or range, a bad preset or sweep.
     """
     from refers.config import load_config
-    from refers.sweep import load_config as load_sweep
 
     root = project_root()
     path = root / "configs" / "demo" / f"{name}.yaml"
@@ -136,9 +135,34 @@ def load_profile(name: str, studies: int | None = None) -> Profile:
         load_config(root / profile.pretrain_config, overrides)
     except ConfigError as error:
         raise ConfigError(f"{path}: pretrain_config and pretrain_overrides: {error}") from None
-    # A stand-in folder (the real one is filled in when the demo runs); the pre-trained arms are the sweep's.
-    load_sweep(root / profile.sweep, placeholders={"${OUT}": "demo_out"}, arms=["REFERS", *profile.ablation])
+    _check_sweep_arms(path, profile)
     return profile
+
+
+def _check_sweep_arms(path: Path, profile: Profile) -> None:
+    """The profile's sweep file fine-tunes each pre-trained arm, and no other arm from the demo's checkpoints.
+
+    Raises:
+        ConfigError: an arm the demo pre-trains that the sweep lacks, or a sweep arm that would wait for
+            a checkpoint of ``<out>/checkpoints`` that the demo never writes (naming the profile).
+    """
+    from refers.sweep import load_config as load_sweep, plan_training, train_option
+
+    stand_in = "demo_out"  # the real folder is filled in when the demo runs
+    sweep = load_sweep(project_root() / profile.sweep, placeholders={"${OUT}": stand_in})
+    pretrained = ["REFERS", *profile.ablation]
+    declared = {run.arm for run in plan_training(sweep)}
+    for arm in pretrained:
+        if arm not in declared:
+            raise ConfigError(f"{path}: ablation: the demo pre-trains {arm!r}, which {profile.sweep} does not "
+                              f"fine-tune (its arms: {', '.join(sorted(declared))})")
+    checkpoints = Path(stand_in) / "checkpoints"
+    for run in plan_training(sweep):
+        weights = train_option(run, "pretrained_dir")
+        if run.arm not in pretrained and weights and checkpoints in Path(weights).parents:
+            raise ConfigError(f"{path}: the sweep {profile.sweep} fine-tunes {run.arm!r} from the demo's "
+                              f"pre-training ({weights.replace(stand_in, '${OUT}', 1)}), which this profile does not "
+                              "run: add it to ablation")
 
 
 class Demo:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from refers.base.atomic import atomic_write_text
+from refers.base.atomic import atomic_write_text, exclusive_lock
 from refers.base.earlier_runs import existing
 from refers.base.errors import UserError
 from refers.finetune.run_files import checkpoint_paths, run_outputs
@@ -396,32 +395,45 @@ def read_selection(config: SweepConfig) -> dict[tuple[str, int, str], dict]:
     """The chosen candidate of each group, as ``selection.json`` holds it (empty when there is none).
 
     Raises:
-        UserError: a file that is not the sweep's list of choices (naming it).
+        UserError: a file that is not the sweep's list of choices (naming it and the first bad row).
     """
     path = selection_path(config)
     if not path.is_file():
         return {}
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
-        return {(row["dataset"], int(row["percent"]), row["arm"]): row for row in rows}
-    except (ValueError, TypeError, KeyError) as error:
-        raise UserError(f"{path}: not a sweep's selection file ({error}); remove it and run the sweep again, "
-                        "which writes it from the finished runs") from None
+    except ValueError as error:  # also a byte that is not UTF-8
+        raise UserError(f"{path}: not a sweep's selection file ({error}); {_REWRITE}") from None
+    if not isinstance(rows, list):
+        raise UserError(f"{path}: not a sweep's selection file (a list of choices expected); {_REWRITE}")
+    for number, row in enumerate(rows, 1):
+        if not (isinstance(row, dict) and isinstance(row.get("dataset"), str) and isinstance(row.get("arm"), str)
+                and type(row.get("percent")) is int and isinstance(row.get("candidate", 0), (str, type(None)))):
+            raise UserError(f"{path}: not a sweep's selection file (choice {number} is not a dataset, percent, arm "
+                            f"and candidate); {_REWRITE}")
+    return {(row["dataset"], row["percent"], row["arm"]): row for row in rows}
+
+
+_REWRITE = "remove it and run the sweep again, which writes it from the finished runs"
 
 
 def write_selection(config: SweepConfig, selected: dict) -> None:
     """``selection.json``: this sweep's choices, and the earlier choices of the file's other groups.
 
-    A sweep of some arms (``--arms``) keeps what a sweep of the others chose; the file is read and
-    replaced under a lock, so that two such sweeps may end at the same time.
+    A sweep of some arms (``--arms``) keeps what a sweep of the others chose, as long as that choice
+    is still one of its group's candidates; the file is read and replaced under a lock, so that two
+    such sweeps may end at the same time.
     """
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    with open(config.output_dir / ".selection.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        order = {group: i for i, group in enumerate(groups(replace(config, arms=None)))}  # the file's grid
-        rows = {group: row for group, row in read_selection(config).items() if group in order}
+    grid: dict[tuple[str, int, str], set[str]] = {}  # the file's groups, in order, and their candidates
+    for run in plan_training(replace(config, arms=None)):
+        grid.setdefault(run.group, set()).add(run.candidate)
+    ours = set(groups(config))
+    with exclusive_lock(config.output_dir / ".selection.lock"):
+        rows = {group: row for group, row in read_selection(config).items() if group in grid and group not in ours
+                and (row["candidate"] is None or row["candidate"] in grid[group])}
         rows.update({(d, p, a): {"dataset": d, "percent": p, "arm": a, **choice} for (d, p, a), choice in selected.items()})
-        chosen = [rows[group] for group in sorted(rows, key=order.__getitem__)]
+        chosen = [rows[group] for group in grid if group in rows]
         atomic_write_text(selection_path(config), json.dumps(chosen, indent=2) + "\n")
 
 

@@ -61,10 +61,18 @@ def sweep_status(config: SweepConfig) -> list[RunStatus]:
     states = job_states(job_ids)
     out = [_status(run, train_done(run), states) for run in train_runs]
     out += [_status(run, result_summary_path(config, run).is_file(), states) for run in tests]
-    waiting = {run.group for run in train_runs} - set(selected)
-    out += [RunStatus(Run("test", d, p, 0, a, "<SELECTED>", (), config.output_dir), "waiting",
-                      "its group's training has not ended") for d, p, a in sorted(waiting)]
+    planned = {run.group for run in train_runs}
+    waiting = planned - set(selected)
+    out += [_group_test(config, group, "waiting", "its group's training has not ended") for group in sorted(waiting)]
+    out += [_group_test(config, group, "failed", "no candidate finished on every seed: nothing to test")
+            for group in sorted(planned & set(selected)) if selected[group]["candidate"] is None]
     return out
+
+
+def _group_test(config: SweepConfig, group: tuple[str, int, str], state: str, detail: str) -> RunStatus:
+    """The line of a group's test that has no chosen checkpoint to run."""
+    dataset, percent, arm = group
+    return RunStatus(Run("test", dataset, percent, 0, arm, "<SELECTED>", (), config.output_dir), state, detail)
 
 
 def print_status(config: SweepConfig, print_fn: Callable[[str], None] = print) -> Counter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -93,6 +94,18 @@ def remove_stale_temporaries(folder: str | os.PathLike, older_than: float, recur
                 path.unlink()
                 removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (an empty file, made if absent) for the block, so that
+    processes reading, changing and replacing a shared file do it one at a time (POSIX ``flock``)."""
+    path = Path(path)
+    with _storage_errors(path):
+        handle = open(path, "a")
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager

@@ -178,6 +178,16 @@ def test_the_full_profile_names_the_ablation_arms_and_its_table_is_read_from_the
         (bad / "bad.yaml").write_text("pretrain_jobs: 0\n")
         with pytest.raises(ConfigError, match=r"bad\.yaml.*pretrain_jobs.*0"):
             load_profile("bad")
+        real = original() / "configs"
+        preset = f"pretrain_config: {real / 'demo/pretrain.yaml'}\n"
+        (bad / "bad.yaml").write_text(f"{preset}sweep: {real / 'sweep/demo.yaml'}\nablation: [caption_only]\n")
+        with pytest.raises(ConfigError, match=r"bad\.yaml: ablation: the demo pre-trains 'caption_only', which .*demo\.yaml "
+                                              r"does not fine-tune \(its arms: REFERS, scratch\)"):
+            load_profile("bad")
+        (bad / "bad.yaml").write_text(f"{preset}sweep: {real / 'sweep/demo_full.yaml'}\nablation: [shuffled]\n")
+        with pytest.raises(ConfigError, match=r"bad\.yaml: the sweep .*demo_full\.yaml fine-tunes 'caption_only' from the "
+                                              r"demo's pre-training \(\$\{OUT\}/checkpoints/caption_only/.*add it to ablation"):
+            load_profile("bad")
     finally:
         demo_module.project_root = original
 

@@ -268,12 +268,75 @@ def test_a_broken_selection_file_is_named_before_anything_runs(tmp_path, monkeyp
     monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command(calls))
     path = small_grid(tmp_path)
     (tmp_path / "runs").mkdir()
-    for broken in ("{not json", '[{"dataset": "NIH_ChestX-ray"}]', '{"arm": "REFERS"}'):
-        (tmp_path / "runs" / "selection.json").write_text(broken)
-        assert main([str(path), "--arms", "scratch"]) == 1
-        err = capsys.readouterr().err
-        assert f"{tmp_path / 'runs' / 'selection.json'}: not a sweep's selection file" in err and "Traceback" not in err
+    row = {"dataset": "NIH_ChestX-ray", "percent": 1, "arm": "REFERS", "candidate": "default"}
+    for broken in ("{not json", b"[\xff]", '[{"dataset": "NIH_ChestX-ray"}]', '{"arm": "REFERS"}', "[{}]", "[1]",
+                   json.dumps([{k: v for k, v in row.items() if k != "candidate"}]), json.dumps([{**row, "percent": 1.7}]),
+                   json.dumps([{**row, "percent": True}]), json.dumps([{**row, "candidate": 3}])):
+        target = tmp_path / "runs" / "selection.json"
+        target.write_bytes(broken) if isinstance(broken, bytes) else target.write_text(broken)
+        for extra in (["--arms", "scratch"], ["--status"]):
+            assert main([str(path), *extra]) == 1, (broken, extra)
+            err = capsys.readouterr().err
+            assert f"{target}: not a sweep's selection file" in err and "Traceback" not in err, err
+            assert len(err.strip().splitlines()) == 1, err
         assert calls == []
+
+
+def test_a_sweep_keeps_another_arms_choice_only_while_it_is_one_of_the_grids_candidates(tmp_path, monkeypatch, capsys):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command(calls))
+    path = small_grid(tmp_path)
+    assert main([str(path)]) == 0
+    selection = tmp_path / "runs" / "selection.json"
+    assert [row["arm"] for row in json.loads(selection.read_text())] == ["REFERS", "scratch"]
+    # Another sweep of REFERS keeps scratch's choice, which is still among scratch's candidates.
+    assert main([str(path), "--arms", "REFERS"]) == 0
+    assert [row["arm"] for row in json.loads(selection.read_text())] == ["REFERS", "scratch"]
+    # scratch's grid changes: its earlier choice is no longer a candidate, so a REFERS sweep drops it
+    # and --status shows scratch's test waiting for its new runs.
+    grid = yaml.safe_load(path.read_text())
+    grid["arms"]["scratch"]["search"] = {"learning_rate": [0.3]}
+    path.write_text(yaml.safe_dump(grid))
+    assert main([str(path), "--arms", "REFERS"]) == 0
+    assert [row["arm"] for row in json.loads(selection.read_text())] == ["REFERS"]
+    capsys.readouterr()
+    assert main([str(path), "--status"]) == 0
+    assert "waiting      test NIH_ChestX-ray 1% scratch" in capsys.readouterr().out
+    # A group whose candidates all failed shows as a failed test, not as nothing.
+    rows = json.loads(selection.read_text())
+    selection.write_text(json.dumps([{**rows[0], "candidate": None}]))
+    assert main([str(path), "--arms", "REFERS", "--status"]) == 0
+    assert "failed       test NIH_ChestX-ray 1% REFERS  (no candidate finished on every seed" in capsys.readouterr().out
+
+
+LRS = {"REFERS": (0.1, 0.01), "scratch": (0.3, 0.1)}  # two candidates of each arm of GRID
+
+
+def _write_choices(path: str, arm: str, times: int) -> None:
+    """Write this arm's choice ``times`` times; after each, the file must hold it (no other writer put
+    back an older copy of it, as one that read the file before this write and replaced it after would)."""
+    config = load_config(path, arms=[arm])
+    for i in range(times):
+        sweep_runner.write_selection(config, {("NIH_ChestX-ray", 1, arm): {"candidate": f"learning_rate={LRS[arm][i % 2]}",
+                                                                           "mean_val_auc": {}, "write": i}})
+        rows = sweep_runner.read_selection(config)
+        assert rows[("NIH_ChestX-ray", 1, arm)]["write"] == i, f"{arm}: write {i} was lost"
+
+
+def test_two_sweeps_of_other_arms_replacing_the_selection_at_once_keep_both_choices(tmp_path):
+    import multiprocessing
+
+    path = small_grid(tmp_path)
+    times = 150
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_write_choices, args=(str(path), arm, times)) for arm in ("REFERS", "scratch")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    rows = json.loads((tmp_path / "runs" / "selection.json").read_text())
+    assert [(row["arm"], row["write"]) for row in rows] == [("REFERS", times - 1), ("scratch", times - 1)]
 
 
 def test_failed_runs_are_reported_and_excluded(tmp_path, monkeypatch, capsys):
