@@ -74,7 +74,8 @@ def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mappin
         instead: what else the user can do (``"write into another --results_dir or --method"``).
         overwrite: the user passed ``--overwrite``.
 
-    An unreadable record is not provably of the same inputs, so it is refused too.
+    An unreadable record, or one that lacks an input, is not provably of the same inputs, so it is
+    refused too; the inputs are compared by their sha256 alone (the path is only named).
     """
     if overwrite or not record.is_file():
         return
@@ -83,10 +84,14 @@ def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mappin
     except ValueError:  # also a byte that is not UTF-8
         recorded = None
     for key, sha in inputs.items():
-        try:
-            same, named = recorded[key]["sha256"] == sha, recorded[key]["path"]
-        except (KeyError, TypeError):  # no such entry, or no mapping (also an unreadable file: None)
-            same, named = False, f"unreadable {record.name}"
-        if not same:
-            raise UserError(f"{record.parent} holds {results} made with {other[key]} ({named}); {instead}, "
-                            "or replace them with --overwrite", 2)
+        entry = recorded.get(key) if isinstance(recorded, dict) else None
+        if isinstance(entry, dict) and entry.get("sha256") == sha:
+            continue
+        if isinstance(entry, dict):
+            named = str(entry.get("path", "its path not recorded"))
+        elif isinstance(recorded, dict) and key not in recorded:
+            named = f"none recorded in {record.name}"
+        else:
+            named = f"unreadable {record.name}"
+        raise UserError(f"{record.parent} holds {results} made with {other[key]} ({named}); {instead}, "
+                        "or replace them with --overwrite", 2)

@@ -35,7 +35,7 @@ from refers.eval.predictions import write_prediction_files
 from refers.eval.tree import ZERO_SHOT_FOLDER as GROUP  # the task folder that stands where test.py writes data<volume>
 from refers.eval.zeroshot import paired_prompt_probability, prompt_set_embedding
 from refers.finetune.data import locate_images, read_targets, resolve_data
-from refers.finetune.testing import BOOTSTRAP_RESAMPLES, TestOutcome, finite, summary_text, write_roc
+from refers.finetune.testing import BOOTSTRAP_RESAMPLES, OTHER_INPUTS as TESTED_INPUTS, TestOutcome, finite, summary_text, write_roc
 from refers.text.prompts import default_prompt_file, read_prompts
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
 
 
 # How a refusal names each input that differs from the earlier results' (see check_recorded_inputs).
-OTHER_INPUTS = {"checkpoint": "another checkpoint", "prompts": "other prompts", "test_list": "another test list"}
+OTHER_INPUTS = {**TESTED_INPUTS, "prompts": "other prompts"}
 
 
 def _trained_on_synthetic(encoder) -> bool:

@@ -115,7 +115,7 @@ class FinetuneArgs:
     resume: bool = _ours(False, "continue the interrupted run <output_dir>/<name>_last.pth")
     overwrite: bool = _ours(False, "replace an earlier run instead of refusing: training over the checkpoints and metrics "
                             "of this --name in --output_dir/--log_dir (removed first), testing over the results of "
-                            "another checkpoint in the same results folder")
+                            "another checkpoint or test list in the same results folder")
     skip_bad_images: bool = _ours(False, "skip (and count) missing or unreadable images instead of stopping")
     bf16: bool = _ours(False, "bfloat16 autocast on a GPU (no scaler); fp32 on a CPU")
     fp32: bool = _ours(False, "train in full fp32 on a GPU (default there: bfloat16 autocast where supported, or --fp16)")

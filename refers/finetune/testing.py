@@ -55,6 +55,10 @@ class TestOutcome:
     n_images: int
 
 
+# How a refusal names each input that differs from the earlier results' (see check_recorded_inputs).
+OTHER_INPUTS = {"checkpoint": "another checkpoint", "test_list": "another test list"}
+
+
 def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
     """Evaluate ``args.pretrained_dir`` on the test list; rank 0 writes the outputs."""
     check_output_dir(args.results_dir or results_dir(), "--results_dir")
@@ -64,11 +68,10 @@ def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
     setup = resolve_data(args)
     name = setup.dataset if setup.dataset != "custom" else setup.list_dir.resolve().name
     folder = Path(args.results_dir or results_dir()) / name / f"data{args.data_volume}" / args.method / f"seed{args.seed}"
-    checkpoint_sha = sha256_file(args.pretrained_dir)
-    check_recorded_inputs(folder / "run_record.json", {"checkpoint": checkpoint_sha}, {"checkpoint": "another checkpoint"},
-                          results="test results", instead="test into another --results_dir or --method",
-                          overwrite=args.overwrite)
     test_file = find_split_file(setup.list_dir, "test")
+    inputs = {"checkpoint": sha256_file(args.pretrained_dir), "test_list": sha256_file(test_file)}
+    check_recorded_inputs(folder / "run_record.json", inputs, OTHER_INPUTS, results="test results",
+                          instead="test into another --results_dir or --method", overwrite=args.overwrite)
     dataset, _ = build_dataset(setup, test_file, args.img_size, False, args.skip_bad_images, args.packed_cache)
     model.to(info.device)
     precision = make_precision(args.fp16, args.bf16, args.loss_scale, info.device, say=info.is_main)
@@ -87,14 +90,25 @@ def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
     ci = bootstrap_ci(result.labels, result.probs, n=BOOTSTRAP_RESAMPLES, seed=0)
     outcome = TestOutcome(folder, aucs, mean, ci, len(result.indices))
     if info.is_main:
-        write_outputs(outcome, args, setup, result, test_file, info, checkpoint_sha)
+        write_outputs(outcome, args, setup, result, test_file, info, inputs)
     return outcome
 
 
 def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_file: Path, info: DistInfo,
-                  checkpoint_sha: str) -> None:
-    """Prediction files, summary, ROC figure and run record (rank 0)."""
+                  inputs: dict[str, str]) -> None:
+    """Run record, prediction files, summary and ROC figure (rank 0); ``inputs``: the sha256 of the
+    checkpoint and the test list."""
     folder = outcome.folder
+    record = {
+        "synthetic": setup.synthetic, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(Path(args.pretrained_dir).resolve()), "sha256": inputs["checkpoint"]},
+        "test_list": {"path": str(test_file.resolve()), "sha256": inputs["test_list"], "scored": outcome.n_images},
+        "config": to_plain(args), "git_commit": git_commit(), "packages": package_versions(),
+        "device": device_description(info.device, info.world_size),
+    }
+    # The record first: prediction files are never beside the record of other inputs (an interrupted
+    # run leaves its own record, so only the same inputs, or --overwrite, write here again).
+    atomic_write_text(folder / "run_record.json", json.dumps(record, indent=2) + "\n")
     write_prediction_files(folder, setup.classes, result.labels, result.probs)
     if setup.synthetic:
         mark_synthetic(folder, "Made from SYNTHETIC data: these numbers say nothing about real X-rays.\n")
@@ -108,14 +122,6 @@ def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(folder / "summary.txt", summary_text(summary))
     write_roc(folder, setup, f"data{args.data_volume}", args.method, args.seed, result.labels, result.probs)
-    record = {
-        "synthetic": setup.synthetic, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {"path": str(Path(args.pretrained_dir).resolve()), "sha256": checkpoint_sha},
-        "test_list": {"path": str(test_file.resolve()), "sha256": sha256_file(test_file), "scored": outcome.n_images},
-        "config": to_plain(args), "git_commit": git_commit(), "packages": package_versions(),
-        "device": device_description(info.device, info.world_size),
-    }
-    atomic_write_text(folder / "run_record.json", json.dumps(record, indent=2) + "\n")
     logger.info("wrote %d prediction files, summary and ROC curves to %s", len(setup.classes), folder)
 
 

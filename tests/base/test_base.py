@@ -229,7 +229,12 @@ def test_results_are_replaced_only_by_a_run_of_the_same_recorded_inputs(tmp_path
     assert str(refused.value) == (f"{tmp_path} holds test results made with another test list (/l/test.txt); "
                                   "test elsewhere, or replace them with --overwrite")
     check({"checkpoint": "b"}, overwrite=True)
-    for broken in (b"\xff\xfe", b"[1, 2]", b'{"checkpoint": "a"}', b"{}"):  # not provably the same inputs
-        record.write_bytes(broken)
-        with pytest.raises(UserError, match=r"another checkpoint \(unreadable run_record.json\)"):
+    record.write_text(json.dumps({"checkpoint": {"sha256": "a"}}), encoding="utf-8")
+    check({"checkpoint": "a"})  # the same sha256: its path is only for the message
+    cases = {b"\xff\xfe": "unreadable run_record.json", b"[1, 2]": "unreadable run_record.json",
+             b'{"checkpoint": "a"}': "unreadable run_record.json", b"{}": "none recorded in run_record.json",
+             b'{"checkpoint": {"sha256": "z"}}': "its path not recorded"}
+    for content, named in cases.items():  # not provably the same inputs
+        record.write_bytes(content)
+        with pytest.raises(UserError, match=rf"made with another checkpoint \({named}\)"):
             check({"checkpoint": "a"})

@@ -134,7 +134,7 @@ def test_finetuning_output_folder_that_is_a_file_exits_2_before_work(datasets, t
 # ----------------------------------------------------------------------------------------------
 # Testing
 # ----------------------------------------------------------------------------------------------
-def test_test_refuses_to_replace_another_checkpoints_results(datasets, tmp_path, capsys):
+def test_test_refuses_to_replace_the_results_of_another_checkpoint_or_test_list(datasets, tmp_path, capsys):
     assert finetune(datasets, tmp_path, name="a") == 0
     assert finetune(datasets, tmp_path, "--seed", "3", name="b") == 0
     results = tmp_path / "results"
@@ -151,6 +151,18 @@ def test_test_refuses_to_replace_another_checkpoints_results(datasets, tmp_path,
     assert "--overwrite" in err[0] and (folder / "Tuberculosis.txt").read_text() == first
     assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags, "--overwrite"]) == 0
     assert checkpoint["b"].split("/")[-1] in (folder / "summary.txt").read_text()
+    # The same checkpoint on another test list (one image fewer) is refused too.
+    record = json.loads((folder / "run_record.json").read_text())
+    lists = Path(record["test_list"]["path"]).parent
+    other = tmp_path / "other_lists"
+    shutil.copytree(lists, other)
+    (other / "test.txt").write_text("".join((lists / "test.txt").read_text().splitlines(keepends=True)[:-1]))
+    before = (folder / "Tuberculosis.txt").read_text()
+    capsys.readouterr()
+    assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags, "--list_dir", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"made with another test list ({lists / 'test.txt'})" in err[0], err
+    assert (folder / "Tuberculosis.txt").read_text() == before
 
 
 def test_test_results_dir_that_is_a_file_exits_2_before_loading(tmp_path, capsys):
