@@ -425,16 +425,23 @@ def write_selection(config: SweepConfig, selected: dict) -> None:
     such sweeps may end at the same time.
     """
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    grid: dict[tuple[str, int, str], set[str]] = {}  # the file's groups, in order, and their candidates
-    for run in plan_training(replace(config, arms=None)):
-        grid.setdefault(run.group, set()).add(run.candidate)
+    grid = plan_training(replace(config, arms=None))  # the file's groups, in its order
     ours = set(groups(config))
     with exclusive_lock(config.output_dir / ".selection.lock"):
-        rows = {group: row for group, row in read_selection(config).items() if group in grid and group not in ours
-                and (row["candidate"] is None or row["candidate"] in grid[group])}
+        rows = {group: row for group, row in current_choices(config, grid).items() if group not in ours}
         rows.update({(d, p, a): {"dataset": d, "percent": p, "arm": a, **choice} for (d, p, a), choice in selected.items()})
-        chosen = [rows[group] for group in grid if group in rows]
-        atomic_write_text(selection_path(config), json.dumps(chosen, indent=2) + "\n")
+        order = dict.fromkeys(run.group for run in grid)
+        atomic_write_text(selection_path(config), json.dumps([rows[g] for g in order if g in rows], indent=2) + "\n")
+
+
+def current_choices(config: SweepConfig, train_runs: list[Run]) -> dict[tuple[str, int, str], dict]:
+    """The choices of ``selection.json`` that still hold for ``train_runs``: of one of their groups,
+    and a candidate that group still has (or none: no candidate finished), not one of an edited grid."""
+    candidates: dict[tuple[str, int, str], set[str]] = {}
+    for run in train_runs:
+        candidates.setdefault(run.group, set()).add(run.candidate)
+    return {group: row for group, row in read_selection(config).items()
+            if group in candidates and (row["candidate"] is None or row["candidate"] in candidates[group])}
 
 
 def print_plan(config: SweepConfig, train_runs: list[Run], print_fn: Callable[[str], None]) -> None:

@@ -14,7 +14,7 @@ from typing import Callable
 from refers.slurm.jobs import read_exit
 from refers.slurm.queue import ACTIVE, WAITING, job_states
 from refers.sweep import Run, SweepConfig, plan_training
-from refers.sweep_runner import exit_path, read_selection, recorded_job, result_summary_path, selected_tests, train_done
+from refers.sweep_runner import current_choices, exit_path, recorded_job, result_summary_path, selected_tests, train_done
 
 # The order the summary line counts them in.
 STATES = ("finished", "running", "submitted", "failed", "waiting", "not started", "unknown")
@@ -55,7 +55,7 @@ def sweep_status(config: SweepConfig) -> list[RunStatus]:
     """Every training run, then the test runs of the groups whose candidate has been chosen."""
     train_runs = plan_training(config)
     job_ids = [j for run in train_runs if (j := recorded_job(run))]
-    selected = read_selection(config)
+    selected = current_choices(config, train_runs)
     tests = selected_tests(config, train_runs, selected)
     job_ids += [j for run in tests if (j := recorded_job(run))]
     states = job_states(job_ids)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 import shutil
@@ -21,7 +20,8 @@ from typing import Iterator
 from refers.base.errors import UserError
 
 # Writes that fail because of where they go, not what they hold: one line naming the path, exit 1.
-_STORAGE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+_STORAGE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+                   errno.ENOLCK: "no file locks available (a file system without locking, e.g. some NFS mounts)"}
 
 
 def _umask() -> int:
@@ -100,11 +100,14 @@ def remove_stale_temporaries(folder: str | os.PathLike, older_than: float, recur
 def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (an empty file, made if absent) for the block, so that
     processes reading, changing and replacing a shared file do it one at a time (POSIX ``flock``)."""
+    import fcntl  # POSIX only: imported here so that the package still imports elsewhere
+
     path = Path(path)
     with _storage_errors(path):
         handle = open(path, "a")
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        with _storage_errors(path):
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 

@@ -88,10 +88,19 @@ def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mappin
         if isinstance(entry, dict) and entry.get("sha256") == sha:
             continue
         if isinstance(entry, dict):
-            named = str(entry.get("path", "its path not recorded"))
+            what = f"made with {other[key]} ({entry.get('path', 'its path not recorded')})"
         elif isinstance(recorded, dict) and key not in recorded:
-            named = f"none recorded in {record.name}"
+            what = f"whose {record.name} does not record its {key.replace('_', ' ')}"
         else:
-            named = f"unreadable {record.name}"
-        raise UserError(f"{record.parent} holds {results} made with {other[key]} ({named}); {instead}, "
-                        "or replace them with --overwrite", 2)
+            what = f"with an unreadable {record.name}"
+        raise UserError(f"{record.parent} holds {results} {what}; {instead}, or replace them with --overwrite", 2)
+
+
+def clear_earlier_results(folder: Path) -> list[Path]:
+    """Remove the files of the results in ``folder`` that ``--overwrite`` replaces, before the new run
+    writes its record, so that none of the earlier run's files can outlive an interrupted replacement
+    beside the new record. Returns what was removed."""
+    found = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found

@@ -82,7 +82,7 @@ def label_matrix(studies, classes: list[str]) -> tuple[np.ndarray | None, str]:
     """[N, C] CheXpert values (NaN blank), or None and why the same-findings metrics cannot be computed."""
     unlabelled = sum(s.labels is None for s in studies)
     if unlabelled:
-        return None, f"{unlabelled} of {len(studies)} studies have no CheXpert labels"
+        return None, f"{unlabelled} of {len(studies)} studies without CheXpert labels"
     matrix = np.asarray(np.stack([s.labels for s in studies]), dtype=np.float64)
     if matrix.shape[1] != len(classes):
         return None, f"the studies have {matrix.shape[1]} labels each, not the {len(classes)} CheXpert classes"
@@ -124,13 +124,13 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
                           {"model": "another model", "studies": "another study index"}, results="retrieval results",
                           instead="write into another --out", overwrite=overwrite)
     usable, classes = read_studies(index, data_root)
+    labels, unlabelled = label_matrix(usable, classes)
+    if labels is None:
+        logger.warning("%s: %s; the same-findings recalls and the 5x200 sample are not computed", index, unlabelled)
     encoder = load_dual_encoder(model_path, device=run_device)
     images = encoder.encode_studies([s.images for s in usable], [s.views for s in usable], batch_size=batch_size,
                                     progress=progress)
     reports = encoder.encode_reports([s.text for s in usable], progress=progress)
-    labels, unlabelled = label_matrix(usable, classes)
-    if labels is None:
-        logger.warning("%s: %s; the same-findings recalls and the 5x200 sample are not computed", index, unlabelled)
     sets = finding_sets(labels, classes) if labels is not None else None
     result: dict[str, Any] = {
         "synthetic": is_synthetic(index) or bool(getattr(encoder, "provenance", {}).get("synthetic_data")),

@@ -23,7 +23,7 @@ import numpy as np
 
 from refers.base.atomic import atomic_write_text, check_output_dir
 from refers.base.digest import sha256_file
-from refers.base.earlier_runs import check_recorded_inputs
+from refers.base.earlier_runs import check_recorded_inputs, clear_earlier_results
 from refers.base.errors import UserError
 from refers.base.paths import check_method, results_dir
 from refers.base.synthetic import mark_synthetic
@@ -121,6 +121,8 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
     record["test_list"]["scored"] = outcome.n_images
     # The record first: a prediction file is never without the record of the run that wrote it (an
     # interrupted run leaves its own record, so only the same inputs, or --overwrite, write here again).
+    if overwrite:
+        clear_earlier_results(folder)
     atomic_write_text(folder / "run_record.json", json.dumps(record, indent=2) + "\n")
     write_prediction_files(folder, setup.classes, labels, probs)
     if outcome.synthetic:

@@ -98,7 +98,6 @@ def parameter_groups(
     return [groups[key] for key in order if key in groups]
 
 
-
 def make_optimizer(params: Iterable, name: str, lr: float, weight_decay: float = 0.0,
                    momentum: float = 0.9) -> torch.optim.Optimizer:
     """``torch.optim.SGD`` with momentum (``name`` "sgd") or ``AdamW`` (betas 0.9/0.999) over ``params``

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from refers.base.atomic import atomic_write_text, check_output_dir
-from refers.base.earlier_runs import check_recorded_inputs
+from refers.base.earlier_runs import check_recorded_inputs, clear_earlier_results
 from refers.data.lists import find_split_file
 from refers.engine.distributed import DistInfo
 from refers.base.synthetic import mark_synthetic
@@ -108,6 +108,8 @@ def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_
     }
     # The record first: prediction files are never beside the record of other inputs (an interrupted
     # run leaves its own record, so only the same inputs, or --overwrite, write here again).
+    if args.overwrite:
+        clear_earlier_results(folder)
     atomic_write_text(folder / "run_record.json", json.dumps(record, indent=2) + "\n")
     write_prediction_files(folder, setup.classes, result.labels, result.probs)
     if setup.synthetic:

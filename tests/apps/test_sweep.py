@@ -297,6 +297,9 @@ def test_a_sweep_keeps_another_arms_choice_only_while_it_is_one_of_the_grids_can
     grid = yaml.safe_load(path.read_text())
     grid["arms"]["scratch"]["search"] = {"learning_rate": [0.3]}
     path.write_text(yaml.safe_dump(grid))
+    capsys.readouterr()
+    assert main([str(path), "--status"]) == 0  # before any sweep runs again, the old choice is not shown as current
+    assert "waiting      test NIH_ChestX-ray 1% scratch" in capsys.readouterr().out
     assert main([str(path), "--arms", "REFERS"]) == 0
     assert [row["arm"] for row in json.loads(selection.read_text())] == ["REFERS"]
     capsys.readouterr()

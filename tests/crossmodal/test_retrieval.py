@@ -213,7 +213,7 @@ def test_an_index_with_unlabelled_studies_says_the_same_findings_recall_is_not_c
             "--bootstrap", "0", "--no-progress", *roots]
     with caplog.at_level("WARNING"):
         assert refers_main.main(args) == 0
-    reason = f"1 of {studies} studies have no CheXpert labels"
+    reason = f"1 of {studies} studies without CheXpert labels"
     assert any(str(index) in r.getMessage() and reason in r.getMessage() for r in caplog.records), caplog.text
     result = json.loads((out / "retrieval.json").read_text())
     assert result["all_studies"]["same_findings_skipped"] == reason

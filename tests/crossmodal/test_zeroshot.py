@@ -196,6 +196,8 @@ def test_another_test_list_is_refused_and_the_record_comes_before_the_prediction
 
     monkeypatch.setattr(zeroshot, "write_prediction_files", interrupted)
     assert refers_main.main([*args, "--overwrite"]) == 130
+    # --overwrite removed the earlier run's files first: none of them stays beside the new record.
+    assert sorted(p.name for p in folder.iterdir()) == ["run_record.json"]
     record = json.loads((folder / "run_record.json").read_text())
     assert record["test_list"]["sha256"] == hashlib.sha256(test_list.read_bytes()).hexdigest()
     assert record["test_list"]["scored"] == len(lines) - 1

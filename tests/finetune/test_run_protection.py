@@ -149,8 +149,10 @@ def test_test_refuses_to_replace_the_results_of_another_checkpoint_or_test_list(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{folder} holds test results made with another checkpoint ({Path(checkpoint['a']).resolve()})" in err[0]
     assert "--overwrite" in err[0] and (folder / "Tuberculosis.txt").read_text() == first
+    (folder / "Stale_class.txt").write_text("0 0.5\n")  # a file of the earlier results that this run does not write
     assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags, "--overwrite"]) == 0
     assert checkpoint["b"].split("/")[-1] in (folder / "summary.txt").read_text()
+    assert not (folder / "Stale_class.txt").exists()  # --overwrite replaces the earlier results, all of them
     # The same checkpoint on another test list (one image fewer) is refused too.
     record = json.loads((folder / "run_record.json").read_text())
     lists = Path(record["test_list"]["path"]).parent
