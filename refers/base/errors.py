@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from refers.base.host import end_launched_worker
+
 
 class UserError(Exception):
     """An expected failure (bad input, missing file, bad flag): shown as one line, no traceback.
@@ -47,21 +49,23 @@ def reporting_errors(prog: str) -> Callable[[Callable[[Sequence[str] | None], in
     """Decorate a ``main(argv)`` so that expected errors print ``prog: error: ...`` and return a code.
 
     An expected error returns its ``exit_code`` (1 when it has none); Ctrl-C prints ``prog: interrupted``
-    and returns 130.
+    and returns 130. In a worker of a multi-process launch the process ends there, with that code
+    (:func:`refers.base.host.end_launched_worker`).
     """
 
     def wrap(func: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
         @functools.wraps(func)
         def main(argv: Sequence[str] | None = None) -> int:
             try:
-                return int(func(argv) or 0)
+                code = int(func(argv) or 0)
             except EXPECTED_ERRORS as error:
                 code = getattr(error, "exit_code", 1)
                 print(f"{prog}: error: {error}", file=sys.stderr)
-                return code
             except KeyboardInterrupt:
+                code = 130
                 print(f"{prog}: interrupted", file=sys.stderr)
-                return 130
+            end_launched_worker(code)
+            return code
 
         return main
 

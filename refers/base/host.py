@@ -1,5 +1,6 @@
-"""What a process takes from its host: the cores it may use, and malloc settings that keep freed
-memory in the process instead of handing it back to the kernel at every step.
+"""What a process takes from its host: the cores it may use, malloc settings that keep freed
+memory in the process instead of handing it back to the kernel at every step, and how a worker of
+a multi-process launch leaves.
 
 glibc's malloc serves large blocks (above a threshold it raises as it goes) with fresh ``mmap``s
 and returns the top of the heap to the kernel when it frees; a training step that allocates and
@@ -27,6 +28,27 @@ _MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to 32 MiB come from the
 _TRIM_THRESHOLD = 1 << 30
 _TOP_PAD = 64 << 20
 _done = False
+
+
+def end_launched_worker(code: int) -> None:
+    """In a worker of a multi-process launch (torchrun, ``torch.distributed.launch``), end the process
+    now with ``code``; anywhere else (one process, a test, a notebook) do nothing.
+
+    gloo's threads can abort the interpreter's own teardown of a CPU worker (SIGABRT, "terminate
+    called without an active exception") after a run that succeeded, and torchrun then reports the
+    whole run as failed. The command has left its process group and closed its files by the time it
+    returns, so the worker flushes its output and logs and skips that teardown.
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if "TORCHELASTIC_RUN_ID" not in os.environ or world <= 1:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def usable_cores() -> int:

@@ -240,3 +240,43 @@ def test_results_are_replaced_only_by_a_run_of_the_same_recorded_inputs(tmp_path
         with pytest.raises(UserError) as refused:
             check({"checkpoint": "a"})
         assert str(refused.value) == f"{tmp_path} holds test results {what}; test elsewhere, or replace them with --overwrite"
+
+
+_WORKER = """
+import atexit, logging, sys
+from pathlib import Path
+from refers.base.errors import reporting_errors
+
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "teardown").write_text("ran"))
+handler = logging.FileHandler(out / "log.txt")
+logging.getLogger("w").addHandler(handler)
+
+@reporting_errors("w")
+def main(argv=None):
+    print("done")  # a pipe: block-buffered, lost unless flushed
+    logging.getLogger("w").warning("logged")
+    return 3
+
+main()
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("launched", [True, False])
+def test_a_worker_of_a_multi_process_launch_ends_with_the_commands_code_and_nothing_lost(tmp_path, launched):
+    """torchrun's workers skip the interpreter's teardown (where gloo can abort a run that
+    succeeded): they end in the command wrapper with its code, output and logs flushed."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE")}
+    if launched:
+        env.update(TORCHELASTIC_RUN_ID="test", WORLD_SIZE="2")
+    done = subprocess.run([sys.executable, "-c", _WORKER, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout == "done\n" and (tmp_path / "log.txt").read_text() == "logged\n", done.stderr
+    if launched:
+        assert done.returncode == 3 and not (tmp_path / "teardown").exists()
+    else:  # one process: the wrapper returns and the caller decides (here sys.exit(0), after the teardown)
+        assert done.returncode == 0 and (tmp_path / "teardown").read_text() == "ran"
