@@ -43,6 +43,7 @@ import yaml
 
 from refers.base.atomic import atomic_write_text
 from refers.base.host import usable_cores
+from refers.base.json_files import read_json
 from refers.config.engine import ConfigError, check_keys, dataclass_specs, read_yaml, unknown_key
 from refers.data.registry import FINETUNE_DATASETS, get_dataset
 from refers.base.paths import project_root
@@ -407,8 +408,8 @@ class Demo:
         self.refers("zeroshot", "--model", self.dual_encoder(), "--dataset", ZERO_SHOT_DATASET, "--list_dir",
                     self.lists(ZERO_SHOT_DATASET), "--results_dir", self.path("Results_of_fine-tuning"), "--no-progress",
                     "--batch-size", "256", log="zeroshot")
-        zeroshot = json.loads(self.path("Results_of_fine-tuning", ZERO_SHOT_DATASET, "zeroshot", "REFERS", "seed0",
-                                        "summary.json").read_text(encoding="utf-8"))
+        zeroshot = read_json(self.path("Results_of_fine-tuning", ZERO_SHOT_DATASET, "zeroshot", "REFERS", "seed0",
+                                        "summary.json"))
         studies = self.lists("MIMIC-CXR") / "test_studies.jsonl"
         retrieval: dict[str, Any] = {"skipped": "fewer than 2 test studies"}
         if sum(1 for line in studies.read_text(encoding="utf-8").splitlines() if line.strip()) >= 2:

@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 from refers.base.atomic import atomic_write_text, exclusive_lock
 from refers.base.earlier_runs import existing
 from refers.base.errors import UserError
+from refers.base.json_files import read_json
 from refers.finetune.run_files import checkpoint_paths, run_outputs
 from refers.sweep import Run, SweepConfig, command_line, groups, in_process_argv, plan_test, plan_training, train_option
 
@@ -93,7 +94,7 @@ def job_path(run: Run) -> Path:
 def recorded_job(run: Run) -> str | None:
     """The id of the Slurm job of a run's last attempt (None: it ran here, or has not run)."""
     try:
-        return str(json.loads(job_path(run).read_text(encoding="utf-8"))["job_id"])
+        return str(read_json(job_path(run))["job_id"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -117,12 +118,19 @@ def result_summary_path(config: SweepConfig, run: Run) -> Path:
 
 
 def result_mean_auc(config: SweepConfig, run: Run) -> float | None:
+    """The mean test AUC of a run's ``summary.json`` (None: no summary, or an undefined AUC).
+
+    Raises:
+        UserError: a summary that is not test.py's (naming it).
+    """
     path = result_summary_path(config, run)
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text(encoding="utf-8"))
-    value = summary.get("mean_auc")
-    return None if value is None else float(value)
+    try:
+        value = read_json(path)["mean_auc"]
+        return None if value is None else float(value)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: not a test summary; remove it to test that run again") from None
 
 
 # --- running one command -----------------------------------------------------------------------
@@ -352,7 +360,7 @@ def record_training(result: RunResult, shell: str, scores: dict[Run, float | Non
         return
     score = best_validation_auc(run)
     scores[run] = score
-    record = {"command": shell, "seconds": round(result.seconds, 2), "best_val_auc": score,
+    record = {"command": shell, "args": list(run.args), "seconds": round(result.seconds, 2), "best_val_auc": score,
               "checkpoint": str(checkpoint_path(run))}
     atomic_write_text(run.run_dir / RECORD, json.dumps(record, indent=2) + "\n")
     shown = "n/a" if score is None else f"{score:.4f}"
@@ -383,8 +391,45 @@ def train_done(run: Run) -> bool:
 
 
 def recorded_score(run: Run) -> float | None:
-    value = json.loads((run.run_dir / RECORD).read_text(encoding="utf-8")).get("best_val_auc")
+    """The best validation AUC a finished run's record holds, once the record is checked.
+
+    Raises:
+        UserError: a record that is not the sweep's, or (exit 2) a run trained with other flags than
+            the sweep file now gives it: its results would be reused as if they were the file's.
+    """
+    path = run.run_dir / RECORD
+    try:
+        record = read_json(path)
+        value = record["best_val_auc"]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError(value)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: not a sweep's run record; remove the folder {run.run_dir} to train that run again") from None
+    trained = record.get("args")  # absent in records of earlier versions: nothing to compare
+    if isinstance(trained, list) and trained != list(run.args):
+        raise UserError(f"{run.run_dir}: trained with other flags than the sweep file now gives it "
+                        f"({flag_changes(trained, list(run.args))}); remove that folder to train it again, "
+                        "or sweep into another output_dir", 2)
     return None if value is None else float(value)
+
+
+def flag_changes(before: list, now: list) -> str:
+    """``--key value`` lists compared: ``num_steps: 2 -> 3, fp16: absent -> set`` (the first few)."""
+
+    def parsed(args: list) -> dict[str, str]:
+        out, key = {}, None
+        for item in map(str, args):
+            if item.startswith("--"):
+                key = item[2:]
+                out[key] = "set"
+            elif key is not None:
+                out[key] = item if out[key] == "set" else f"{out[key]} {item}"
+        return out
+
+    old, new = parsed(before), parsed(now)
+    changes = [f"{k}: {old.get(k, 'absent')} -> {new.get(k, 'absent')}" for k in dict.fromkeys([*old, *new])
+               if old.get(k) != new.get(k)]
+    return ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "") or "their order"
 
 
 def selection_path(config: SweepConfig) -> Path:
@@ -398,11 +443,11 @@ def read_selection(config: SweepConfig) -> dict[tuple[str, int, str], dict]:
         UserError: a file that is not the sweep's list of choices (naming it and the first bad row).
     """
     path = selection_path(config)
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:  # also a byte that is not UTF-8
+        rows = read_json(path)
+    except (OSError, ValueError) as error:  # also a folder, or a byte that is not UTF-8
         raise UserError(f"{path}: not a sweep's selection file ({error}); {_REWRITE}") from None
     if not isinstance(rows, list):
         raise UserError(f"{path}: not a sweep's selection file (a list of choices expected); {_REWRITE}")
@@ -411,7 +456,10 @@ def read_selection(config: SweepConfig) -> dict[tuple[str, int, str], dict]:
                 and type(row.get("percent")) is int and isinstance(row.get("candidate", 0), (str, type(None)))):
             raise UserError(f"{path}: not a sweep's selection file (choice {number} is not a dataset, percent, arm "
                             f"and candidate); {_REWRITE}")
-    return {(row["dataset"], row["percent"], row["arm"]): row for row in rows}
+    chosen = {(row["dataset"], row["percent"], row["arm"]): row for row in rows}
+    if len(chosen) < len(rows):
+        raise UserError(f"{path}: not a sweep's selection file (two choices for one dataset, percent and arm); {_REWRITE}")
+    return chosen
 
 
 _REWRITE = "remove it and run the sweep again, which writes it from the finished runs"

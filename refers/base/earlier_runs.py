@@ -13,12 +13,13 @@ replaces their own results, so they record what they were made from and refuse o
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from refers.base.errors import UserError
+from refers.base.json_files import read_json
+from refers.base.synthetic import SYNTHETIC_MARKER
 
 
 def existing(paths: Iterable[Path]) -> list[Path]:
@@ -66,8 +67,9 @@ def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mappin
     """Refuse (exit 2) to replace results that ``record`` says were made from other inputs, unless ``overwrite``.
 
     Args:
-        record: the JSON file the earlier results wrote beside themselves; each input is recorded under
-            its key as ``{"path": ..., "sha256": ...}``. No such file: nothing to protect.
+        record: the JSON file the earlier results wrote beside themselves, before any other file; each
+            input is recorded under its key as ``{"path": ..., "sha256": ...}``. No such file and no
+            other file in its folder: nothing to protect.
         inputs: key -> sha256 of this run's inputs (e.g. ``"checkpoint"``, ``"test_list"``).
         other: key -> how the message names a different one (``"another checkpoint"``).
         results: what the folder holds, for the message (``"zero-shot results"``).
@@ -77,11 +79,18 @@ def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mappin
     An unreadable record, or one that lacks an input, is not provably of the same inputs, so it is
     refused too; the inputs are compared by their sha256 alone (the path is only named).
     """
-    if overwrite or not record.is_file():
+    if overwrite:
+        return
+    if not (record.exists() or record.is_symlink()):  # a dangling link is a record that cannot be read
+        found = sorted(p.name for p in record.parent.iterdir() if p.name != SYNTHETIC_MARKER) if record.parent.is_dir() else []
+        if found:  # e.g. the original's prediction files: what made them is unknown
+            more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+            raise UserError(f"{record.parent} already holds files ({found[0]}{more}) but no {record.name} that says "
+                            f"what made them; {instead}, or replace them with --overwrite", 2)
         return
     try:
-        recorded = json.loads(record.read_text(encoding="utf-8"))
-    except ValueError:  # also a byte that is not UTF-8
+        recorded = read_json(record)
+    except (OSError, ValueError):  # also a folder, a link loop, a byte that is not UTF-8
         recorded = None
     for key, sha in inputs.items():
         entry = recorded.get(key) if isinstance(recorded, dict) else None
@@ -96,11 +105,20 @@ def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mappin
         raise UserError(f"{record.parent} holds {results} {what}; {instead}, or replace them with --overwrite", 2)
 
 
-def clear_earlier_results(folder: Path) -> list[Path]:
-    """Remove the files of the results in ``folder`` that ``--overwrite`` replaces, before the new run
-    writes its record, so that none of the earlier run's files can outlive an interrupted replacement
-    beside the new record. Returns what was removed."""
-    found = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-    for path in found:
+def clear_earlier_results(folder: Path, names: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """Remove the files ``names`` (what the command writes into ``folder``: its record first) that
+    ``--overwrite`` replaces, before the new record is written, so that none of the earlier run's
+    files outlives an interrupted replacement beside the new record.
+
+    Returns:
+        (removed, left): the files removed, and the folder's other files, which are not the command's
+        and stay (e.g. a user's notes), for the caller to name.
+    """
+    if not folder.is_dir():
+        return [], []
+    names = set(names) | {SYNTHETIC_MARKER}
+    files = sorted(p for p in folder.iterdir() if p.is_file() or p.is_symlink())
+    removed = [p for p in files if p.name in names]
+    for path in removed:
         path.unlink(missing_ok=True)
-    return found
+    return removed, [p for p in files if p.name not in names]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from refers.base.atomic import atomic_write_text
+from refers.base.json_files import read_json
 
 RESULTS_JSON, RESULTS_MD = "results.json", "RESULTS.md"
 
@@ -58,7 +59,7 @@ def write_results(out: Path, run: dict[str, Any]) -> dict[str, Any]:
     previous: dict[str, Any] = {}
     if path.is_file():
         try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
+            previous = read_json(path)
         except json.JSONDecodeError:
             previous = {}
     runs = dict(previous.get("runs") or {})

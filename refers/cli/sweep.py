@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING, Sequence
 
+from refers.base.atomic import check_output_dir
 from refers.base.errors import UserError as UserError
 from refers.cli.common import command
 
@@ -66,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}", exit_code=2)
     from refers.sweep import load_config
 
-    overrides = {"output_dir": args.output_dir, "results_dir": args.results_dir,
+    # Folders typed on the command line are relative to the working directory (the file's, to the project root).
+    overrides = {"output_dir": args.output_dir and os.path.abspath(args.output_dir),
+                 "results_dir": args.results_dir and os.path.abspath(args.results_dir),
                  "execution": "in-process" if args.in_process else None}
     config = load_config(args.config, overrides, arms=args.arms)  # checked before anything runs: a ConfigError exits 2
     resources = _slurm_resources(args, config)
@@ -74,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from refers.sweep_runner import read_selection
 
         read_selection(config)  # a broken selection.json is named before any run starts, not after the training
+    if not (args.dry_run or args.status):
+        check_output_dir(config.output_dir, "output_dir")
+        check_output_dir(config.results_dir, "results_dir")
     if args.status:
         from refers.sweep_status import print_status
 

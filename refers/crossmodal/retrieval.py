@@ -167,7 +167,8 @@ def _five_by_200(images, reports, labels, classes, per_class: int, bootstrap: in
 
 def write_outputs(folder: Path, result: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    if result["synthetic"]:
-        mark_synthetic(folder, "Made from SYNTHETIC data or a model trained on it: these numbers say nothing about real X-rays.\n")
+    # The record first (it says what made the folder's files: see check_recorded_inputs).
     atomic_write_text(folder / RESULT_JSON, json.dumps(result, indent=2) + "\n")
     atomic_write_text(folder / RESULT_MD, retrieval_markdown(result))
+    if result["synthetic"]:
+        mark_synthetic(folder, "Made from SYNTHETIC data or a model trained on it: these numbers say nothing about real X-rays.\n")

@@ -23,7 +23,7 @@ import numpy as np
 
 from refers.base.atomic import atomic_write_text, check_output_dir
 from refers.base.digest import sha256_file
-from refers.base.earlier_runs import check_recorded_inputs, clear_earlier_results
+from refers.base.earlier_runs import check_recorded_inputs
 from refers.base.errors import UserError
 from refers.base.paths import check_method, results_dir
 from refers.base.synthetic import mark_synthetic
@@ -35,8 +35,9 @@ from refers.eval.predictions import write_prediction_files
 from refers.eval.tree import ZERO_SHOT_FOLDER as GROUP  # the task folder that stands where test.py writes data<volume>
 from refers.eval.zeroshot import paired_prompt_probability, prompt_set_embedding
 from refers.finetune.data import locate_images, read_targets, resolve_data
-from refers.finetune.testing import BOOTSTRAP_RESAMPLES, OTHER_INPUTS as TESTED_INPUTS, TestOutcome, finite, summary_text, write_roc
-from refers.text.prompts import default_prompt_file, read_prompts
+from refers.finetune.testing import (BOOTSTRAP_RESAMPLES, OTHER_INPUTS as TESTED_INPUTS, TestOutcome, clear_for_new_results,
+                                     finite, summary_text, write_roc)
+from refers.text.prompts import default_prompt_file, prompts_digest, read_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
     check_output_dir(results or results_dir(), "--results_dir")
     name = setup.dataset if setup.dataset != "custom" else setup.list_dir.resolve().name
     folder = Path(results or results_dir()) / name / GROUP / method / SEED_FOLDER
+    check_output_dir(folder, "results folder")
     digest = model_digest(model_path)
     test_file = find_split_file(setup.list_dir, "test")
-    inputs = {"prompts": (prompt_file, sha256_file(prompt_file)), "test_list": (test_file, sha256_file(test_file))}
+    # The prompts as read (the file with every _BASE_ it names merged), not the top file's bytes alone.
+    inputs = {"prompts": (prompt_file, prompts_digest(class_prompts)), "test_list": (test_file, sha256_file(test_file))}
     check_recorded_inputs(folder / "run_record.json", {"checkpoint": digest, **{k: sha for k, (_, sha) in inputs.items()}},
                           OTHER_INPUTS, results="zero-shot results",
                           instead="write into another --results_dir or --method", overwrite=overwrite)
@@ -122,7 +125,7 @@ def run_zeroshot(model: str, dataset: str, prompts: str | None = None, results: 
     # The record first: a prediction file is never without the record of the run that wrote it (an
     # interrupted run leaves its own record, so only the same inputs, or --overwrite, write here again).
     if overwrite:
-        clear_earlier_results(folder)
+        clear_for_new_results(folder, setup.classes)
     atomic_write_text(folder / "run_record.json", json.dumps(record, indent=2) + "\n")
     write_prediction_files(folder, setup.classes, labels, probs)
     if outcome.synthetic:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from refers.base.atomic import atomic_output, atomic_write_text
+from refers.base.json_files import read_json
 
 PACK_FORMAT = "refers-packed-images-v1"
 DATA_FILE, INDEX_FILE, META_FILE = "images.u8", "index.npz", "pack.json"
@@ -157,7 +158,7 @@ class PackedImages:
         meta_path = self.folder / META_FILE
         if not meta_path.is_file():
             raise PackError(f"{self.folder} holds no complete pack (no {META_FILE}); build it again")
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        self.meta = read_json(meta_path)
         if self.meta.get("format") != PACK_FORMAT:
             raise PackError(f"{meta_path}: not a pack of this version ({self.meta.get('format')!r})")
         with np.load(self.folder / INDEX_FILE, allow_pickle=False) as index:

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from refers.base.errors import ListFormatError
+from refers.base.json_files import read_json
 from refers.data.mimic_lists import IndexRecord, Study, iter_study_index, read_study_index
 from refers.base.paths import safe_join
 
@@ -205,7 +206,7 @@ class StudyTable:
         """
         folder = Path(folder)
         try:
-            if json.loads((folder / "key.json").read_text(encoding="utf-8")) != key:
+            if read_json((folder / "key.json")) != key:
                 return None
             columns = {f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in folder.glob("*.npy")}
             rows, names = columns.pop("rows"), columns.pop("view_names")

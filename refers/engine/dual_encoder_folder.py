@@ -28,6 +28,7 @@ import torch
 from refers.base.atomic import atomic_folder
 from refers.base.digest import sha256_file
 from refers.base.errors import UserError
+from refers.base.json_files import read_json
 from refers.models.dual_encoder import DualEncoder, DualEncoderSpec, build_dual_encoder, dual_encoder_from_checkpoint, load_weights
 
 FORMAT = "refers-dual-encoder"
@@ -108,7 +109,7 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise DualEncoderFolderError(f"{folder} is not a dual-encoder folder: {CONFIG} is missing (export one with "
                                      "refers export CHECKPOINT --dual-encoder --out DIR)")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = read_json(path)
     except (ValueError, UnicodeDecodeError) as error:
         raise DualEncoderFolderError(f"{path} is not valid JSON ({error}); export the folder again") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:

@@ -8,13 +8,14 @@ number of candidates scoring at least as high as it, itself excluded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from refers.base.json_files import read_json
 
 
 def _partner_ranks(queries: torch.Tensor, candidates: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -217,7 +218,7 @@ def find_retrieval_results(root: str | Path) -> list[tuple[str, dict[str, Any]]]
     found = []
     for path in sorted(root.rglob(RESULT_JSON)):
         try:
-            result = json.loads(path.read_text(encoding="utf-8"))
+            result = read_json(path)
             result["all_studies"]["image_to_report"]["R@5"]["value"]
         except (OSError, ValueError, KeyError, TypeError):
             continue

@@ -24,6 +24,7 @@ from torch import nn
 from refers.base.errors import UserError as UserError
 from refers.base.atomic import atomic_write_text
 from refers.base.checkpoints import UnsafeCheckpointError, atomic_torch_save
+from refers.base.json_files import read_json
 from refers.models.vit import VIT_SHAPES, build_vit, is_original_vit
 from refers.models.weights import EncoderWeightsNotFound, load_encoder_weights, read_state_dict
 
@@ -101,7 +102,7 @@ def read_metadata(checkpoint: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: not valid JSON ({error})") from None
     return data if isinstance(data, dict) and data.get("format") == METADATA_FORMAT else {}

@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from refers.engine.distributed import DistInfo
 from refers.base.synthetic import mark_synthetic
 from refers.engine.run_info import device_description, git_commit, package_versions
 from refers.eval.metrics import bootstrap_ci, mean_auc, per_class_auc
-from refers.eval.predictions import write_prediction_files
+from refers.eval.predictions import prediction_filename, write_prediction_files
 from refers.finetune.config import FinetuneArgs, to_plain, with_checkpoint
 from refers.finetune.data import build_dataset, default_workers, resolve_data
 from refers.finetune.evaluate import evaluate
@@ -55,6 +56,21 @@ class TestOutcome:
     n_images: int
 
 
+RESULT_FILES = ("run_record.json", "summary.json", "summary.txt", "roc.png")  # beside one prediction file per class
+
+
+def clear_for_new_results(folder: Path, classes: Sequence[str]) -> None:
+    """``--overwrite`` (testing and zero-shot): remove the earlier results' files before the new record
+    is written, and name the folder's other files, which stay."""
+    names = [*RESULT_FILES, *(prediction_filename(c) for c in classes)]
+    removed, left = clear_earlier_results(folder, names)
+    if removed:
+        logger.info("--overwrite: removed %d file(s) of the earlier results in %s", len(removed), folder)
+    if left:
+        logger.warning("--overwrite: left alone in %s, not written by this command: %s", folder,
+                       ", ".join(p.name for p in left))
+
+
 # How a refusal names each input that differs from the earlier results' (see check_recorded_inputs).
 OTHER_INPUTS = {"checkpoint": "another checkpoint", "test_list": "another test list"}
 
@@ -68,6 +84,7 @@ def run_test(args: FinetuneArgs, info: DistInfo) -> TestOutcome:
     setup = resolve_data(args)
     name = setup.dataset if setup.dataset != "custom" else setup.list_dir.resolve().name
     folder = Path(args.results_dir or results_dir()) / name / f"data{args.data_volume}" / args.method / f"seed{args.seed}"
+    check_output_dir(folder, "results folder")
     test_file = find_split_file(setup.list_dir, "test")
     inputs = {"checkpoint": sha256_file(args.pretrained_dir), "test_list": sha256_file(test_file)}
     check_recorded_inputs(folder / "run_record.json", inputs, OTHER_INPUTS, results="test results",
@@ -109,7 +126,7 @@ def write_outputs(outcome: TestOutcome, args: FinetuneArgs, setup, result, test_
     # The record first: prediction files are never beside the record of other inputs (an interrupted
     # run leaves its own record, so only the same inputs, or --overwrite, write here again).
     if args.overwrite:
-        clear_earlier_results(folder)
+        clear_for_new_results(folder, setup.classes)
     atomic_write_text(folder / "run_record.json", json.dumps(record, indent=2) + "\n")
     write_prediction_files(folder, setup.classes, result.labels, result.probs)
     if setup.synthetic:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from refers.base.atomic import atomic_write_text
+from refers.base.json_files import read_json
 
 PRE_TIMEOUT_SIGNAL = signal.SIGUSR2
 REQUEUE_EXIT = 128 + int(PRE_TIMEOUT_SIGNAL)  # the command saved its state on the pre-timeout signal
@@ -126,6 +127,6 @@ class CommandJob:
 def read_exit(path: str | os.PathLike) -> dict[str, Any] | None:
     """A job's outcome record (None when absent or unreadable)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return read_json(Path(path))
     except (OSError, ValueError):
         return None

@@ -8,6 +8,8 @@ unknown class name is an error with the nearest known one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,12 @@ def _class_prompts(name: str, value: Any, findings: dict[str, Any], path: Path) 
         raise ConfigError(f"{where} must name a finding or be {{positive: [...], negative: [...]}}, got {value!r}")
     return ClassPrompts(name, _prompt_list(value["positive"], f"{where}: positive"),
                         _prompt_list(value["negative"], f"{where}: negative"))
+
+
+def prompts_digest(prompts: Sequence[ClassPrompts]) -> str:
+    """sha256 of the prompts as read: the same for the same prompts, whichever files they came from."""
+    table = [[p.name, list(p.positive), list(p.negative)] for p in prompts]
+    return hashlib.sha256(json.dumps(table, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def read_prompts(path: str | os.PathLike, classes: Sequence[str]) -> list[ClassPrompts]:

@@ -271,9 +271,16 @@ def test_a_broken_selection_file_is_named_before_anything_runs(tmp_path, monkeyp
     row = {"dataset": "NIH_ChestX-ray", "percent": 1, "arm": "REFERS", "candidate": "default"}
     for broken in ("{not json", b"[\xff]", '[{"dataset": "NIH_ChestX-ray"}]', '{"arm": "REFERS"}', "[{}]", "[1]",
                    json.dumps([{k: v for k, v in row.items() if k != "candidate"}]), json.dumps([{**row, "percent": 1.7}]),
-                   json.dumps([{**row, "percent": True}]), json.dumps([{**row, "candidate": 3}])):
+                   json.dumps([{**row, "percent": True}]), json.dumps([{**row, "candidate": 3}]),
+                   json.dumps([row, {**row, "candidate": "learning_rate=0.1"}]), "[" * 100_000, None):
         target = tmp_path / "runs" / "selection.json"
-        target.write_bytes(broken) if isinstance(broken, bytes) else target.write_text(broken)
+        if target.is_dir():
+            target.rmdir()
+        if broken is None:  # a folder of that name
+            target.unlink()
+            target.mkdir()
+        else:
+            target.write_bytes(broken) if isinstance(broken, bytes) else target.write_text(broken)
         for extra in (["--arms", "scratch"], ["--status"]):
             assert main([str(path), *extra]) == 1, (broken, extra)
             err = capsys.readouterr().err
@@ -538,3 +545,56 @@ def test_a_rerun_resumes_the_interrupted_run_and_replaces_the_failed_attempt(tmp
     assert "--overwrite" in again["nih_1_REFERS_s1"] and "--resume" not in again["nih_1_REFERS_s1"]
     log = (load_config(path).output_dir / "commands.log").read_text()
     assert "--resume" in log  # the command log shows what was really run
+
+
+def test_broken_records_and_output_folders_are_one_line_before_any_run(tmp_path, monkeypatch, capsys):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command(calls))
+    path = small_grid(tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for flag in ("--output-dir", "--results-dir"):
+        assert main([str(path), flag, str(blocker)]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag.removeprefix('--').replace('-', '_')} {blocker} is a file" in err and len(err.strip().splitlines()) == 1
+    assert calls == []
+    assert main([str(path)]) == 0
+    record = next((tmp_path / "runs").rglob("sweep_record.json"))
+    good = record.read_text()
+    for broken in ("{x", "[1]", '{"best_val_auc": "abc"}', "[" * 100_000):
+        record.write_text(broken)
+        calls.clear()
+        assert main([str(path)]) == 1
+        err = capsys.readouterr().err
+        assert f"{record}: not a sweep's run record; remove the folder {record.parent}" in err, err
+        assert len(err.strip().splitlines()) == 1 and calls == []
+    record.write_text(good)
+    assert main([str(path)]) == 0
+
+
+def test_a_finished_run_trained_with_other_flags_is_not_reused_silently(tmp_path, monkeypatch, capsys):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command(calls))
+    path = small_grid(tmp_path)
+    assert main([str(path)]) == 0
+    grid = yaml.safe_load(path.read_text())
+    grid["test"]["eval_batch_size"] = 5  # the test's flags only: the finished training runs still hold
+    path.write_text(yaml.safe_dump(grid))
+    calls.clear()
+    assert main([str(path)]) == 0 and [c for c in calls if c[0] == "finetune"] == []
+    grid["train"]["num_steps"] = 8
+    grid["train"]["fp16"] = True
+    path.write_text(yaml.safe_dump(grid))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "trained with other flags than the sweep file now gives it (num_steps: 7 -> 8, fp16: absent -> set)" in err, err
+    assert len(err.strip().splitlines()) == 1 and [c for c in calls if c[0] == "finetune"] == []
+
+
+def test_folders_typed_on_the_command_line_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep_runner, "_run_in_process", fake_command(calls))
+    path = small_grid(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main([str(path), "--output-dir", "here", "--results-dir", "there"]) == 0
+    assert (tmp_path / "here" / "selection.json").is_file() and any((tmp_path / "there").rglob("summary.json"))

@@ -235,11 +235,50 @@ def test_results_are_replaced_only_by_a_run_of_the_same_recorded_inputs(tmp_path
              b'{"checkpoint": "a"}': "with an unreadable run_record.json",
              b"{}": "whose run_record.json does not record its checkpoint",
              b'{"checkpoint": {"sha256": "z"}}': "made with another checkpoint (its path not recorded)"}
+    cases[b"[" * 100_000] = "with an unreadable run_record.json"  # nested too deeply for the parser
     for content, what in cases.items():  # not provably the same inputs
         record.write_bytes(content)
         with pytest.raises(UserError) as refused:
             check({"checkpoint": "a"})
         assert str(refused.value) == f"{tmp_path} holds test results {what}; test elsewhere, or replace them with --overwrite"
+    # A dangling link in place of the record, or files without any record (e.g. the original's
+    # prediction files), are not provably of these inputs either; the synthetic marker alone is no result.
+    record.unlink()
+    record.symlink_to(tmp_path / "gone.json")
+    with pytest.raises(UserError, match="with an unreadable run_record.json"):
+        check({"checkpoint": "a"})
+    record.unlink()
+    (tmp_path / "SYNTHETIC.txt").write_text("synthetic\n")
+    check({"checkpoint": "a"})
+    (tmp_path / "Effusion.txt").write_text("1 0.9\n")
+    with pytest.raises(UserError) as refused:
+        check({"checkpoint": "a"})
+    assert str(refused.value) == (f"{tmp_path} already holds files (Effusion.txt) but no run_record.json that says what "
+                                  "made them; test elsewhere, or replace them with --overwrite")
+    check({"checkpoint": "a"}, overwrite=True)
+
+
+def test_overwrite_removes_only_the_commands_own_files(tmp_path: Path) -> None:
+    from refers.base.earlier_runs import clear_earlier_results
+
+    for name in ("run_record.json", "Effusion.txt", "SYNTHETIC.txt", "notes.md"):
+        (tmp_path / name).write_text("x")
+    removed, left = clear_earlier_results(tmp_path, ["run_record.json", "Effusion.txt", "summary.json"])
+    assert sorted(p.name for p in removed) == ["Effusion.txt", "SYNTHETIC.txt", "run_record.json"]
+    assert [p.name for p in left] == ["notes.md"] and sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
+    assert clear_earlier_results(tmp_path / "absent", ["x"]) == ([], [])
+
+
+def test_json_files_that_cannot_be_read_are_value_errors(tmp_path: Path) -> None:
+    from refers.base.json_files import read_json
+
+    path = tmp_path / "a.json"
+    for content in (b"{x", b"\xff", b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
+        path.write_bytes(content)
+        with pytest.raises(ValueError):
+            read_json(path)
+    path.write_text('{"a": [1, 2]}')
+    assert read_json(path) == {"a": [1, 2]}
 
 
 _WORKER = """

@@ -106,11 +106,19 @@ def test_zeroshot_writes_test_py_files_that_results_tables(pretrain_run, finetun
     tables = "\n".join(p.read_text() for p in table_dir.glob("*.md"))
     assert "zero-shot" in tables and "REFERS" in tables
 
-    # Another prompt file into the same folder is refused; the earlier files stay.
+    # The same prompts from another file are the same input: they replace their own results.
+    shipped = default_prompt_file("NIH_ChestX-ray").parent
+    base = tmp_path / "base.yaml"
+    base.write_text((shipped / "findings.yaml").read_text())
     prompts = tmp_path / "mine.yaml"
-    prompts.write_text((default_prompt_file("NIH_ChestX-ray").parent / "nih.yaml").read_text()
-                       .replace("_BASE_: findings.yaml", f"_BASE_: {default_prompt_file('NIH_ChestX-ray').parent / 'findings.yaml'}"))
+    prompts.write_text((shipped / "nih.yaml").read_text().replace("_BASE_: findings.yaml", f"_BASE_: {base}"))
     before = (folder / "Effusion.txt").read_text()
+    assert refers_main.main([*args, "--prompts", str(prompts)]) == 0
+    assert (folder / "Effusion.txt").read_text() == before
+    # A change in a file that the prompt file only inherits (_BASE_) is other prompts: refused, the
+    # earlier files stay.
+    assert '"Moderate cardiomegaly."' in base.read_text()
+    base.write_text(base.read_text().replace('"Moderate cardiomegaly."', '"Severe cardiomegaly."'))
     assert refers_main.main([*args, "--prompts", str(prompts)]) == 2
     assert "made with other prompts" in capsys.readouterr().err
     assert (folder / "Effusion.txt").read_text() == before

@@ -134,7 +134,7 @@ def test_finetuning_output_folder_that_is_a_file_exits_2_before_work(datasets, t
 # ----------------------------------------------------------------------------------------------
 # Testing
 # ----------------------------------------------------------------------------------------------
-def test_test_refuses_to_replace_the_results_of_another_checkpoint_or_test_list(datasets, tmp_path, capsys):
+def test_test_refuses_to_replace_the_results_of_another_checkpoint_or_test_list(datasets, tmp_path, capsys, caplog):
     assert finetune(datasets, tmp_path, name="a") == 0
     assert finetune(datasets, tmp_path, "--seed", "3", name="b") == 0
     results = tmp_path / "results"
@@ -149,10 +149,11 @@ def test_test_refuses_to_replace_the_results_of_another_checkpoint_or_test_list(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{folder} holds test results made with another checkpoint ({Path(checkpoint['a']).resolve()})" in err[0]
     assert "--overwrite" in err[0] and (folder / "Tuberculosis.txt").read_text() == first
-    (folder / "Stale_class.txt").write_text("0 0.5\n")  # a file of the earlier results that this run does not write
-    assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags, "--overwrite"]) == 0
+    (folder / "notes.md").write_text("mine\n")  # not the command's: --overwrite leaves it, and says so
+    with caplog.at_level(logging.WARNING):
+        assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags, "--overwrite"]) == 0
     assert checkpoint["b"].split("/")[-1] in (folder / "summary.txt").read_text()
-    assert not (folder / "Stale_class.txt").exists()  # --overwrite replaces the earlier results, all of them
+    assert (folder / "notes.md").read_text() == "mine\n" and "left alone in" in caplog.text and "notes.md" in caplog.text
     # The same checkpoint on another test list (one image fewer) is refused too.
     record = json.loads((folder / "run_record.json").read_text())
     lists = Path(record["test_list"]["path"]).parent
@@ -165,6 +166,17 @@ def test_test_refuses_to_replace_the_results_of_another_checkpoint_or_test_list(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"made with another test list ({lists / 'test.txt'})" in err[0], err
     assert (folder / "Tuberculosis.txt").read_text() == before
+    # Prediction files without a record (e.g. the original's) are refused too; a results folder that
+    # is a file is named before the test runs.
+    (folder / "run_record.json").unlink()
+    assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{folder} already holds files (Tuberculosis.txt and" in err[0], err
+    other_seed = results / DATASET / "data100" / "REFERS" / "seed7"
+    other_seed.write_text("a file")
+    assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags[:-2], "--seed", "7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"results folder {other_seed} is a file" in err[0], err
 
 
 def test_test_results_dir_that_is_a_file_exits_2_before_loading(tmp_path, capsys):
