@@ -415,7 +415,7 @@ class Demo:
         if sum(1 for line in studies.read_text(encoding="utf-8").splitlines() if line.strip()) >= 2:
             self.refers("retrieval", "--model", self.dual_encoder(), "--studies", studies, "--out", self.retrieval_folder(),
                         "--bootstrap", str(self.profile.bootstrap), "--no-progress", log="retrieval")
-            found = json.loads((self.retrieval_folder() / "retrieval.json").read_text(encoding="utf-8"))["all_studies"]
+            found = read_json(self.retrieval_folder() / "retrieval.json")["all_studies"]
             retrieval = {"studies": found["n"], "image_to_report_R@5": found["image_to_report"]["R@5"]["value"],
                          "image_to_report_R@5_ci95": found["image_to_report"]["R@5"]["ci95"],
                          "report_to_image_R@5": found["report_to_image"]["R@5"]["value"],

@@ -406,30 +406,36 @@ def recorded_score(run: Run) -> float | None:
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path}: not a sweep's run record; remove the folder {run.run_dir} to train that run again") from None
     trained = record.get("args")  # absent in records of earlier versions: nothing to compare
-    if isinstance(trained, list) and trained != list(run.args):
-        raise UserError(f"{run.run_dir}: trained with other flags than the sweep file now gives it "
-                        f"({flag_changes(trained, list(run.args))}); remove that folder to train it again, "
-                        "or sweep into another output_dir", 2)
+    changes = flag_changes(trained, list(run.args)) if isinstance(trained, list) else []
+    if changes:
+        shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+        raise UserError(f"{run.run_dir}: trained with other flags than the sweep file now gives it ({shown}); "
+                        "remove that folder to train it again, or sweep into another output_dir", 2)
     return None if value is None else float(value)
 
 
-def flag_changes(before: list, now: list) -> str:
-    """``--key value`` lists compared: ``num_steps: 2 -> 3, fp16: absent -> set`` (the first few)."""
+# A run's folders, which follow its folder wherever it is (a moved or copied output_dir): not its training.
+_FOLDER_FLAGS = ("name", "output_dir", "log_dir")
+
+
+def flag_changes(before: list, now: list) -> list[str]:
+    """The flags of two ``--key value`` lists that differ (in any order, the run's folders aside):
+    ``["num_steps: 2 -> 3", "fp16: absent -> set"]``."""
 
     def parsed(args: list) -> dict[str, str]:
-        out, key = {}, None
+        out: dict[str, str] = {}
+        key = None
         for item in map(str, args):
             if item.startswith("--"):
                 key = item[2:]
                 out[key] = "set"
             elif key is not None:
                 out[key] = item if out[key] == "set" else f"{out[key]} {item}"
-        return out
+        return {k: v for k, v in out.items() if k not in _FOLDER_FLAGS}
 
     old, new = parsed(before), parsed(now)
-    changes = [f"{k}: {old.get(k, 'absent')} -> {new.get(k, 'absent')}" for k in dict.fromkeys([*old, *new])
-               if old.get(k) != new.get(k)]
-    return ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "") or "their order"
+    return [f"{k}: {old.get(k, 'absent')} -> {new.get(k, 'absent')}" for k in dict.fromkeys([*old, *new])
+            if old.get(k) != new.get(k)]
 
 
 def selection_path(config: SweepConfig) -> Path:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from refers.base.errors import UserError
 from refers.base.json_files import read_json
@@ -82,7 +82,9 @@ def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mappin
     if overwrite:
         return
     if not (record.exists() or record.is_symlink()):  # a dangling link is a record that cannot be read
-        found = sorted(p.name for p in record.parent.iterdir() if p.name != SYNTHETIC_MARKER) if record.parent.is_dir() else []
+        # Hidden files (an interrupted write's temporary, .DS_Store, .ipynb_checkpoints) are no results.
+        found = (sorted(p.name for p in record.parent.iterdir() if p.name != SYNTHETIC_MARKER and not p.name.startswith("."))
+                 if record.parent.is_dir() else [])
         if found:  # e.g. the original's prediction files: what made them is unknown
             more = f" and {len(found) - 1} more" if len(found) > 1 else ""
             raise UserError(f"{record.parent} already holds files ({found[0]}{more}) but no {record.name} that says "
@@ -105,20 +107,19 @@ def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mappin
         raise UserError(f"{record.parent} holds {results} {what}; {instead}, or replace them with --overwrite", 2)
 
 
-def clear_earlier_results(folder: Path, names: Iterable[str]) -> tuple[list[Path], list[Path]]:
-    """Remove the files ``names`` (what the command writes into ``folder``: its record first) that
-    ``--overwrite`` replaces, before the new record is written, so that none of the earlier run's
-    files outlives an interrupted replacement beside the new record.
+def clear_earlier_results(folder: Path, ours: Callable[[Path], bool]) -> tuple[list[Path], list[Path]]:
+    """Remove the files of ``folder`` that ``ours`` says the command writes there (and the synthetic
+    marker), the results that ``--overwrite`` replaces, before the new record is written: none of the
+    earlier run's files then outlives an interrupted replacement beside the new record.
 
     Returns:
-        (removed, left): the files removed, and the folder's other files, which are not the command's
-        and stay (e.g. a user's notes), for the caller to name.
+        (removed, left): the files removed, and the folder's other files, which stay (e.g. a user's
+        notes), for the caller to name.
     """
     if not folder.is_dir():
         return [], []
-    names = set(names) | {SYNTHETIC_MARKER}
-    files = sorted(p for p in folder.iterdir() if p.is_file() or p.is_symlink())
-    removed = [p for p in files if p.name in names]
+    files = sorted(p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and not p.name.startswith("."))
+    removed = [p for p in files if p.name == SYNTHETIC_MARKER or ours(p)]
     for path in removed:
         path.unlink(missing_ok=True)
-    return removed, [p for p in files if p.name not in names]
+    return removed, [p for p in files if p not in removed]

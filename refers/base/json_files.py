@@ -20,7 +20,11 @@ def read_json(path: str | os.PathLike) -> Any:
         OSError: the file cannot be read (missing, a folder, no permission).
         ValueError: it is not UTF-8 JSON, or nests too deeply to parse.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    return parse_json(Path(path).read_text(encoding="utf-8"))
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads``, with nesting too deep for the parser a ``ValueError`` too."""
     try:
         return json.loads(text)
     except RecursionError:

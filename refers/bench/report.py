@@ -60,7 +60,9 @@ def write_results(out: Path, run: dict[str, Any]) -> dict[str, Any]:
     if path.is_file():
         try:
             previous = read_json(path)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, not UTF-8, nested too deeply: started again
+            previous = {}
+        if not isinstance(previous, dict):
             previous = {}
     runs = dict(previous.get("runs") or {})
     runs[run["device_type"]] = run

@@ -69,8 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from refers.sweep import load_config
 
     # Folders typed on the command line are relative to the working directory (the file's, to the project root).
-    overrides = {"output_dir": args.output_dir and os.path.abspath(args.output_dir),
-                 "results_dir": args.results_dir and os.path.abspath(args.results_dir),
+    typed = {key: os.path.abspath(os.path.expanduser(value)) if value else None
+             for key, value in (("output_dir", args.output_dir), ("results_dir", args.results_dir))}
+    overrides = {**typed,
                  "execution": "in-process" if args.in_process else None}
     config = load_config(args.config, overrides, arms=args.arms)  # checked before anything runs: a ConfigError exits 2
     resources = _slurm_resources(args, config)

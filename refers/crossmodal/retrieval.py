@@ -31,7 +31,7 @@ import torch
 
 from refers.base.atomic import atomic_write_text, check_output_dir
 from refers.base.digest import sha256_file
-from refers.base.earlier_runs import check_recorded_inputs
+from refers.base.earlier_runs import check_recorded_inputs, clear_earlier_results
 from refers.base.errors import ListFormatError, UserError
 from refers.base.paths import results_dir
 from refers.base.synthetic import is_synthetic, mark_synthetic
@@ -145,7 +145,7 @@ def run_retrieval(model: str, studies: str, out: str | None = None, method: str 
         result["chexpert_5x200"] = {"skipped": unlabelled}
     else:
         result["chexpert_5x200"] = _five_by_200(images, reports, labels, classes, per_class, bootstrap, seed)
-    write_outputs(folder, result)
+    write_outputs(folder, result, overwrite)
     return RetrievalOutcome(folder, result)
 
 
@@ -165,7 +165,11 @@ def _five_by_200(images, reports, labels, classes, per_class: int, bootstrap: in
     return {"per_class": per_class, "classes": list(CHEXPERT_5), "counts": counts, "seed": seed, **metrics}
 
 
-def write_outputs(folder: Path, result: dict[str, Any]) -> None:
+def write_outputs(folder: Path, result: dict[str, Any], overwrite: bool = False) -> None:
+    """``retrieval.json`` (the record, first), ``retrieval.md`` and the synthetic marker; ``overwrite``
+    removes the earlier ones first."""
+    if overwrite:
+        clear_earlier_results(folder, lambda path: path.name in (RESULT_JSON, RESULT_MD))
     folder.mkdir(parents=True, exist_ok=True)
     # The record first (it says what made the folder's files: see check_recorded_inputs).
     atomic_write_text(folder / RESULT_JSON, json.dumps(result, indent=2) + "\n")

@@ -158,9 +158,13 @@ class PackedImages:
         meta_path = self.folder / META_FILE
         if not meta_path.is_file():
             raise PackError(f"{self.folder} holds no complete pack (no {META_FILE}); build it again")
-        self.meta = read_json(meta_path)
-        if self.meta.get("format") != PACK_FORMAT:
-            raise PackError(f"{meta_path}: not a pack of this version ({self.meta.get('format')!r})")
+        try:
+            self.meta = read_json(meta_path)
+        except ValueError as error:
+            raise PackError(f"{meta_path}: unreadable ({error}); build the pack again") from None
+        if not isinstance(self.meta, dict) or self.meta.get("format") != PACK_FORMAT:
+            found = self.meta.get("format") if isinstance(self.meta, dict) else None
+            raise PackError(f"{meta_path}: not a pack of this version ({found!r})")
         with np.load(self.folder / INDEX_FILE, allow_pickle=False) as index:
             self.paths, self.offsets = index["paths"], index["offsets"]
             self.heights, self.widths = index["heights"], index["widths"]

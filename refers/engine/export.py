@@ -9,6 +9,7 @@ A JSON file beside it records where it came from (checkpoint, iteration, synthet
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ import torch
 
 from refers.base.atomic import atomic_output, atomic_write_text
 from refers.base.checkpoints import atomic_torch_save, safe_load
+from refers.base.json_files import parse_json
 from refers.models.weights import timm_to_original
+
+logger = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "image_encoder."
 EXPORT_FORMATS = ("pth", "safetensors")
@@ -91,6 +95,16 @@ def _run_file(folder: Path, name: str) -> str | None:
     return path.read_text(encoding="utf-8", errors="replace").strip() if path.is_file() else None
 
 
+def _run_info(folder: Path) -> dict[str, Any]:
+    """The pre-training run's ``run_info.json`` beside the checkpoint (``{}``, with a warning, if unreadable)."""
+    try:
+        info = parse_json(_run_file(folder, "run_info.json") or "{}")
+    except ValueError as error:
+        info = None
+        logger.warning("%s: unreadable (%s); the export's provenance leaves it out", folder / "run_info.json", error)
+    return info if isinstance(info, dict) else {}
+
+
 def model_card(provenance: dict[str, Any]) -> str:
     """``MODEL_CARD.md`` of an exported dual encoder, from its provenance."""
     data = provenance["training_data"]
@@ -125,7 +139,7 @@ def export_dual_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -
     checkpoint = Path(checkpoint)
     encoder = dual_encoder_from_checkpoint(checkpoint)
     cfg = encoder.pretrain_config  # type: ignore[attr-defined]
-    info = json.loads(_run_file(checkpoint.parent, "run_info.json") or "{}")
+    info = _run_info(checkpoint.parent)
     spec = encoder.spec
     provenance = {
         "source_checkpoint": str(checkpoint.resolve()), "iteration": encoder.iteration,  # type: ignore[attr-defined]

@@ -13,7 +13,6 @@ The tree is only read, never written.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from refers.base.errors import ListFormatError
+from refers.base.json_files import parse_json
 from refers.data.registry import DATASETS, FINETUNE_DATASETS
 from refers.base.synthetic import SYNTHETIC_MARKER
 from refers.eval.predictions import prediction_filename, read_prediction_file
@@ -135,7 +135,7 @@ def _says_synthetic(path: Path) -> bool:
         return False
     if path.suffix == ".json":
         try:
-            record = json.loads(text)
+            record = parse_json(text)
         except ValueError:
             return False
         return isinstance(record, dict) and bool(record.get("synthetic") or (isinstance(record.get("data"), dict) and record["data"].get("synthetic")))

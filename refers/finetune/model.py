@@ -103,7 +103,7 @@ def read_metadata(checkpoint: str | os.PathLike) -> dict[str, Any]:
         return {}
     try:
         data = read_json(path)
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # also not UTF-8, or nested too deeply
         raise UserError(f"{path}: not valid JSON ({error})") from None
     return data if isinstance(data, dict) and data.get("format") == METADATA_FORMAT else {}
 

@@ -30,7 +30,7 @@ from refers.base.atomic import atomic_write_text, check_output_dir
 from refers.base.earlier_runs import check_recorded_inputs, clear_earlier_results
 from refers.data.lists import find_split_file
 from refers.engine.distributed import DistInfo
-from refers.base.synthetic import mark_synthetic
+from refers.base.synthetic import SYNTHETIC_MARKER, mark_synthetic
 from refers.engine.run_info import device_description, git_commit, package_versions
 from refers.eval.metrics import bootstrap_ci, mean_auc, per_class_auc
 from refers.eval.predictions import prediction_filename, write_prediction_files
@@ -60,12 +60,17 @@ RESULT_FILES = ("run_record.json", "summary.json", "summary.txt", "roc.png")  # 
 
 
 def clear_for_new_results(folder: Path, classes: Sequence[str]) -> None:
-    """``--overwrite`` (testing and zero-shot): remove the earlier results' files before the new record
-    is written, and name the folder's other files, which stay."""
-    names = [*RESULT_FILES, *(prediction_filename(c) for c in classes)]
-    removed, left = clear_earlier_results(folder, names)
+    """``--overwrite`` (testing and zero-shot): remove the earlier results before the new record is
+    written: this command's files, and every other ``.txt``, which ``refers results`` would read as a
+    prediction file of the new run (e.g. a class of another class list); name the rest, which stays."""
+    names = {*RESULT_FILES, *(prediction_filename(c) for c in classes)}
+    removed, left = clear_earlier_results(folder, lambda path: path.name in names or path.suffix == ".txt")
     if removed:
         logger.info("--overwrite: removed %d file(s) of the earlier results in %s", len(removed), folder)
+    foreign = [p.name for p in removed if p.name not in names and p.name != SYNTHETIC_MARKER]
+    if foreign:
+        logger.warning("--overwrite: removed %s from %s too: refers results reads every .txt there as a prediction file",
+                       ", ".join(foreign), folder)
     if left:
         logger.warning("--overwrite: left alone in %s, not written by this command: %s", folder,
                        ", ".join(p.name for p in left))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -545,6 +546,8 @@ def test_a_rerun_resumes_the_interrupted_run_and_replaces_the_failed_attempt(tmp
     assert "--overwrite" in again["nih_1_REFERS_s1"] and "--resume" not in again["nih_1_REFERS_s1"]
     log = (load_config(path).output_dir / "commands.log").read_text()
     assert "--resume" in log  # the command log shows what was really run
+    calls.clear()
+    assert main([str(path)]) == 0 and calls == []  # the continued runs are reused as the file's (no --resume recorded)
 
 
 def test_broken_records_and_output_folders_are_one_line_before_any_run(tmp_path, monkeypatch, capsys):
@@ -582,6 +585,13 @@ def test_a_finished_run_trained_with_other_flags_is_not_reused_silently(tmp_path
     path.write_text(yaml.safe_dump(grid))
     calls.clear()
     assert main([str(path)]) == 0 and [c for c in calls if c[0] == "finetune"] == []
+    grid["train"] = dict(reversed(list(grid["train"].items())))  # the same flags in another order
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    assert main([str(path)]) == 0 and [c for c in calls if c[0] == "finetune"] == []
+    moved = tmp_path / "moved"  # the whole output folder moved: its runs are still the file's
+    shutil.move(tmp_path / "runs", moved)
+    assert main([str(path), "--output-dir", str(moved)]) == 0 and [c for c in calls if c[0] == "finetune"] == []
+    shutil.move(moved, tmp_path / "runs")
     grid["train"]["num_steps"] = 8
     grid["train"]["fp16"] = True
     path.write_text(yaml.safe_dump(grid))

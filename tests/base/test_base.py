@@ -249,6 +249,7 @@ def test_results_are_replaced_only_by_a_run_of_the_same_recorded_inputs(tmp_path
         check({"checkpoint": "a"})
     record.unlink()
     (tmp_path / "SYNTHETIC.txt").write_text("synthetic\n")
+    (tmp_path / ".run_record.json.x1y2.tmp").write_text("{")  # a temporary of an interrupted write
     check({"checkpoint": "a"})
     (tmp_path / "Effusion.txt").write_text("1 0.9\n")
     with pytest.raises(UserError) as refused:
@@ -261,12 +262,14 @@ def test_results_are_replaced_only_by_a_run_of_the_same_recorded_inputs(tmp_path
 def test_overwrite_removes_only_the_commands_own_files(tmp_path: Path) -> None:
     from refers.base.earlier_runs import clear_earlier_results
 
-    for name in ("run_record.json", "Effusion.txt", "SYNTHETIC.txt", "notes.md"):
+    for name in ("run_record.json", "Effusion.txt", "SYNTHETIC.txt", "notes.md", ".run_record.json.ab12.tmp"):
         (tmp_path / name).write_text("x")
-    removed, left = clear_earlier_results(tmp_path, ["run_record.json", "Effusion.txt", "summary.json"])
+    ours = {"run_record.json", "Effusion.txt", "summary.json"}
+    removed, left = clear_earlier_results(tmp_path, lambda path: path.name in ours)
     assert sorted(p.name for p in removed) == ["Effusion.txt", "SYNTHETIC.txt", "run_record.json"]
-    assert [p.name for p in left] == ["notes.md"] and sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
-    assert clear_earlier_results(tmp_path / "absent", ["x"]) == ([], [])
+    assert [p.name for p in left] == ["notes.md"]  # hidden files are neither results nor the user's to be told of
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run_record.json.ab12.tmp", "notes.md"]
+    assert clear_earlier_results(tmp_path / "absent", lambda path: True) == ([], [])
 
 
 def test_json_files_that_cannot_be_read_are_value_errors(tmp_path: Path) -> None:

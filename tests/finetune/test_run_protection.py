@@ -150,10 +150,12 @@ def test_test_refuses_to_replace_the_results_of_another_checkpoint_or_test_list(
     assert len(err) == 1 and f"{folder} holds test results made with another checkpoint ({Path(checkpoint['a']).resolve()})" in err[0]
     assert "--overwrite" in err[0] and (folder / "Tuberculosis.txt").read_text() == first
     (folder / "notes.md").write_text("mine\n")  # not the command's: --overwrite leaves it, and says so
+    (folder / "Stale_class.txt").write_text("0 0.5\n")  # refers results would read it as a prediction file: removed
     with caplog.at_level(logging.WARNING):
         assert evaluate_main(["--pretrained_dir", checkpoint["b"], *flags, "--overwrite"]) == 0
     assert checkpoint["b"].split("/")[-1] in (folder / "summary.txt").read_text()
     assert (folder / "notes.md").read_text() == "mine\n" and "left alone in" in caplog.text and "notes.md" in caplog.text
+    assert not (folder / "Stale_class.txt").exists() and "removed Stale_class.txt from" in caplog.text
     # The same checkpoint on another test list (one image fewer) is refused too.
     record = json.loads((folder / "run_record.json").read_text())
     lists = Path(record["test_list"]["path"]).parent
