@@ -82,9 +82,7 @@ def check_recorded_inputs(record: Path, inputs: Mapping[str, str], other: Mappin
     if overwrite:
         return
     if not (record.exists() or record.is_symlink()):  # a dangling link is a record that cannot be read
-        # Hidden files (an interrupted write's temporary, .DS_Store, .ipynb_checkpoints) are no results.
-        found = (sorted(p.name for p in record.parent.iterdir() if p.name != SYNTHETIC_MARKER and not p.name.startswith("."))
-                 if record.parent.is_dir() else [])
+        found = [p.name for p in _visible(record.parent) if p.name != SYNTHETIC_MARKER]
         if found:  # e.g. the original's prediction files: what made them is unknown
             more = f" and {len(found) - 1} more" if len(found) > 1 else ""
             raise UserError(f"{record.parent} already holds files ({found[0]}{more}) but no {record.name} that says "
@@ -116,10 +114,14 @@ def clear_earlier_results(folder: Path, ours: Callable[[Path], bool]) -> tuple[l
         (removed, left): the files removed, and the folder's other files, which stay (e.g. a user's
         notes), for the caller to name.
     """
-    if not folder.is_dir():
-        return [], []
-    files = sorted(p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and not p.name.startswith("."))
+    files = [p for p in _visible(folder) if p.is_file() or p.is_symlink()]
     removed = [p for p in files if p.name == SYNTHETIC_MARKER or ours(p)]
     for path in removed:
         path.unlink(missing_ok=True)
     return removed, [p for p in files if p not in removed]
+
+
+def _visible(folder: Path) -> list[Path]:
+    """What ``folder`` holds, sorted, without hidden names (an interrupted write's temporary, .DS_Store,
+    .ipynb_checkpoints: no results, and not the user's to be told of); nothing when it is no folder."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []

@@ -206,7 +206,7 @@ class StudyTable:
         """
         folder = Path(folder)
         try:
-            if read_json((folder / "key.json")) != key:
+            if read_json(folder / "key.json") != key:
                 return None
             columns = {f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in folder.glob("*.npy")}
             rows, names = columns.pop("rows"), columns.pop("view_names")

@@ -110,7 +110,7 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
                                      "refers export CHECKPOINT --dual-encoder --out DIR)")
     try:
         config = read_json(path)
-    except (ValueError, UnicodeDecodeError) as error:
+    except ValueError as error:  # also not UTF-8, or nested too deeply
         raise DualEncoderFolderError(f"{path} is not valid JSON ({error}); export the folder again") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise DualEncoderFolderError(f"{path} is not a {FORMAT} configuration")
