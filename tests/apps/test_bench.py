@@ -109,6 +109,11 @@ def test_packed_cache_round_trip(small_dataset, tmp_path):
     assert torch.equal(image, host_eval_transform(32)(Image.fromarray(resized_grey(files["images_001/a.png"], 48))))
     with pytest.raises(PackError, match="not in the pack"):
         pack.rows(["images_001/nope.png"])
+    for broken, message in (("[" * 100_000, "pack.json: unreadable .*nested too deeply"), (b"\xff", "pack.json: unreadable"),
+                            ("[1]", "pack.json: not a pack of this version")):
+        (out / "pack.json").write_bytes(broken if isinstance(broken, bytes) else broken.encode())
+        with pytest.raises(PackError, match=message):
+            PackedImages(out)
     (out / "pack.json").unlink()
     with pytest.raises(PackError, match="no complete pack"):
         PackedImages(out)

@@ -241,3 +241,16 @@ def test_the_api_takes_one_report_string_and_names_a_wrong_image_tensor(exported
         with pytest.raises(ValueError) as caught:
             encoder.encode_images(tensor)
         assert expected in str(caught.value)
+
+
+def test_an_unreadable_run_info_is_left_out_of_the_export_with_a_warning(pretrain_run, tmp_path, caplog):
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = run / "checkpoint_4.pth"
+    checkpoint.write_bytes((pretrain_run / "checkpoint_4.pth").read_bytes())
+    (run / "run_info.json").write_text("[" * 100_000)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert refers_main.main(["export", str(checkpoint), "--dual-encoder", "--out", str(out)]) == 0
+    assert f"{run / 'run_info.json'}: unreadable (nested too deeply to read)" in caplog.text
+    assert refers.load_dual_encoder(out, device="cpu").spec is not None

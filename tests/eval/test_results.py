@@ -186,6 +186,8 @@ def test_synthetic_runs_are_stamped(tmp_path, capsys):
     assert [(r.method, r.synthetic) for r in discover(other).runs] == [("ImageNet", False), ("REFERS", True)]
     (run / "summary.txt").unlink()
     assert not discover(other).synthetic
+    (run / "run_record.json").write_text("[" * 100_000)  # too deep for the parser: says nothing, no traceback
+    assert not discover(other).synthetic
 
 
 def test_published_layout_spaces_extra_level_tabs(tmp_path):
